@@ -1,0 +1,225 @@
+"""The domain entry point: one overhead request in, one JSON-ready answer out.
+
+Nothing here knows about Flask, HTTP or SQL; the web layer and the CLI are thin shells around
+:class:`OverheadService`.
+
+Request (a decoded JSON object)::
+
+    {"vmi": {...VirtualMachineInstance...},          # required
+     "cpuArch": "amd64",                              # optional
+     "hypervisor": "auto" | "kvm" | "mshv" | "hyperv-direct",
+     "kubevirtConfiguration": {"additionalGuestMemoryOverheadRatio": "1.5",
+                               "developerConfiguration": {"featureGates": [...], "useEmulation": false},
+                               "hypervisors": [{"name": "hyperv-direct"}],
+                               "network": {"binding": {...}}},
+     "node": {"mshvAvailable": true, "kvmAvailable": true, "emulationAllowed": false},
+     "table": "kubevirt-v1.9.0"}
+
+Answer::
+
+    {"overhead": {"quantity": "304087040", "bytes": 304087040},
+     "nodeOverhead": {"quantity": "0", "bytes": 0},
+     "hypervisor": {"name": "kvm", "reason": "feature-gate-disabled", "domainType": "kvm",
+                    "deviceResource": "devices.kubevirt.io/kvm"},
+     "table": {"id": "kubevirt-v1.9.0", "provisional": false},
+     "cpuArch": "amd64",
+     "components": [{"name": "pagetables", "bytes": 2097152}, ...],
+     "nodeComponents": []}
+
+Bad input raises :class:`~overhead_service.errors.InputError` with the JSON path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+from .engine import evaluate, parse_ratio
+from .errors import InputError, problem
+from .hypervisor import HypervisorDecision, NodeFacts, select
+from .quantity import Quantity
+from .tables import TableRegistry
+from .vmi import extract_features, read_quantity
+
+__all__ = ["OverheadService"]
+
+_FIELDS: Final = frozenset({"vmi", "cpuArch", "hypervisor", "kubevirtConfiguration", "node", "table"})
+_HYPERVISORS: Final = {"auto": "auto", "kvm": "kvm", "mshv": "mshv", "hyperv-direct": "mshv"}
+_CONFIGURED: Final = frozenset({"kvm", "hyperv-direct"})
+_MAX_ARCH: Final = 64
+_MAX_RATIO: Final = 100
+
+
+def _object(value: Any, path: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if type(value) is not dict:
+        raise InputError(path, "must be an object or null")
+    return value
+
+
+def _optional_string(body: dict[str, Any], key: str, path: str, limit: int) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise InputError(path, "must be a string")
+    if len(value) > limit:
+        raise InputError(path, f"must be at most {limit} characters")
+    return value
+
+
+def _optional_bool(body: dict[str, Any], key: str, path: str) -> bool | None:
+    value = body.get(key)
+    if value is None or type(value) is bool:
+        return value
+    raise InputError(path, "must be a boolean or null")
+
+
+class _Cluster:
+    """The parts of KubeVirt's ``spec.configuration`` that the overhead depends on."""
+
+    __slots__ = ("bindings", "configured", "gates", "ratio", "use_emulation")
+
+    def __init__(self, config: dict[str, Any] | None) -> None:
+        config = config or {}
+        p = "kubevirtConfiguration"
+        self.ratio = parse_ratio(_optional_string(config, "additionalGuestMemoryOverheadRatio",
+                                                  f"{p}.additionalGuestMemoryOverheadRatio", _MAX_RATIO))
+        dev = _object(config.get("developerConfiguration"), f"{p}.developerConfiguration") or {}
+        gates = dev.get("featureGates")
+        if gates is not None and (type(gates) is not list or any(type(g) is not str for g in gates)):
+            raise InputError(f"{p}.developerConfiguration.featureGates", "must be an array of strings")
+        self.gates = frozenset(gates or ())
+        self.use_emulation = bool(_optional_bool(dev, "useEmulation", f"{p}.developerConfiguration.useEmulation"))
+        hypervisors = config.get("hypervisors")
+        if hypervisors is not None and type(hypervisors) is not list:
+            raise InputError(f"{p}.hypervisors", "must be an array")
+        names = []
+        for index, entry in enumerate(hypervisors or ()):
+            hp = f"{p}.hypervisors[{index}]"
+            if type(entry) is not dict:
+                raise InputError(hp, "must be an object")
+            if entry.get("name") not in _CONFIGURED:
+                raise InputError(f"{hp}.name", "must be one of kvm, hyperv-direct")
+            names.append(entry["name"])
+        self.configured = names[0] if names else None
+        self.bindings = self._bindings(config, p)
+
+    @staticmethod
+    def _bindings(config: dict[str, Any], p: str) -> dict[str, Quantity | None]:
+        network = _object(config.get("network"), f"{p}.network") or {}
+        plugins = _object(network.get("binding"), f"{p}.network.binding") or {}
+        bindings: dict[str, Quantity | None] = {}
+        for name, plugin in plugins.items():
+            bp = f"{p}.network.binding.{name}"
+            plugin = _object(plugin, bp) or {}
+            overhead = _object(plugin.get("computeResourceOverhead"), f"{bp}.computeResourceOverhead")
+            requests = None if overhead is None else _object(overhead.get("requests"),
+                                                            f"{bp}.computeResourceOverhead.requests")
+            if requests is None:
+                bindings[name] = None
+            else:
+                # A missing key reads as Go's zero Quantity{} from the map.
+                bindings[name] = read_quantity(requests.get("memory"), f"{bp}.computeResourceOverhead.requests.memory")
+        return bindings
+
+
+class OverheadService:
+    """Computes overhead answers from a :class:`TableRegistry`.
+
+    ``default_table_for(hypervisor, arch)`` names the table used when a request names none (the
+    active table); by default it is ``default_table`` for everything.
+    """
+
+    MAX_BATCH: Final = 10_000
+
+    def __init__(
+        self,
+        tables: TableRegistry,
+        *,
+        default_arch: str = "amd64",
+        default_table: str = "kubevirt-v1.9.0",
+        default_table_for: Callable[[str, str], str] | None = None,
+    ) -> None:
+        tables.get(default_table)  # fail at start-up, not on the first request
+        self.tables = tables
+        self.default_arch = default_arch
+        self.default_table = default_table
+        self._default_table_for = default_table_for or (lambda hypervisor, arch: default_table)
+
+    def compute(self, body: Any) -> dict[str, Any]:
+        """Answer one overhead request (see the module docstring); raises :class:`InputError`."""
+        if type(body) is not dict:
+            raise InputError("", "the request must be a JSON object")
+        unknown = body.keys() - _FIELDS
+        if unknown:
+            raise InputError(sorted(unknown)[0], f"unknown field; allowed: {', '.join(sorted(_FIELDS))}")
+        if body.get("vmi") is None:
+            raise InputError("vmi", "is required: a VirtualMachineInstance as Kubernetes JSON")
+        features = extract_features(body["vmi"])
+
+        config_body = _object(body.get("kubevirtConfiguration"), "kubevirtConfiguration")
+        cluster = _Cluster(config_body)
+        node_body = _object(body.get("node"), "node") or {}
+        node = NodeFacts(
+            mshv_available=_optional_bool(node_body, "mshvAvailable", "node.mshvAvailable"),
+            kvm_available=_optional_bool(node_body, "kvmAvailable", "node.kvmAvailable"),
+            emulation_allowed=bool(_optional_bool(node_body, "emulationAllowed", "node.emulationAllowed"))
+            or cluster.use_emulation,
+        )
+        requested = _optional_string(body, "hypervisor", "hypervisor", 32) or "auto"
+        if requested not in _HYPERVISORS:
+            raise InputError("hypervisor", "must be one of auto, kvm, mshv, hyperv-direct")
+        decision = select(_HYPERVISORS[requested], cluster.gates, cluster.configured, node)
+
+        cpu_arch = _optional_string(body, "cpuArch", "cpuArch", _MAX_ARCH)
+        if config_body is not None:
+            # virt-controller's CalculateMemoryOverhead: the VMI's architecture beats the cluster's.
+            arch = features.architecture or cpu_arch or self.default_arch
+        else:
+            arch = cpu_arch if cpu_arch is not None else features.architecture or self.default_arch
+
+        table_id = _optional_string(body, "table", "table", 200)
+        table = self.tables.get(table_id if table_id is not None else self._default_table_for(decision.name, arch))
+        model = table.model_for(decision.name, arch)
+        if model is None:
+            raise InputError("table", f"table {table.id!r} has no model for {decision.name} on {arch!r}")
+        result = evaluate(model, features, arch, cluster.ratio, cluster.bindings)
+        return _answer(result.overhead, result.node_overhead, decision, table.id, model.provisional, arch,
+                       result.components, result.node_components)
+
+    def compute_batch(self, items: Any) -> list[dict[str, Any]]:
+        """Answer each item in order; a bad item gets a problem document, the rest still answer."""
+        if type(items) is not list:
+            raise InputError("items", "must be an array of overhead requests")
+        if len(items) > self.MAX_BATCH:
+            raise InputError("items", f"at most {self.MAX_BATCH} items per batch, got {len(items)}")
+        answers: list[dict[str, Any]] = []
+        for index, item in enumerate(items):
+            try:
+                answers.append(self.compute(item))
+            except InputError as err:
+                answers.append(problem(err.at(f"items[{index}]"), status=422))
+        return answers
+
+
+def _answer(
+    overhead: Quantity,
+    node_overhead: Quantity,
+    decision: HypervisorDecision,
+    table_id: str,
+    provisional: bool,
+    arch: str,
+    components: list[tuple[str, int]],
+    node_components: list[tuple[str, int]],
+) -> dict[str, Any]:
+    return {
+        "overhead": overhead.to_json(),
+        "nodeOverhead": node_overhead.to_json(),
+        "hypervisor": decision.to_json(),
+        "table": {"id": table_id, "provisional": provisional},
+        "cpuArch": arch,
+        "components": [{"name": name, "bytes": value} for name, value in components],
+        "nodeComponents": [{"name": name, "bytes": value} for name, value in node_components],
+    }
