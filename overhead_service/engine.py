@@ -13,12 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from .errors import InputError, InvalidRatio
 from .gofloat import GoFloatError, parse_go_float
 from .quantity import KILO, MAX_INT64, MIN_INT64, Format, Quantity
-from .tables import Component, Model
+from .tables import Block, Component, Model, Step
 from .vmi import VmiFeatures
 
 __all__ = ["Evaluation", "evaluate", "parse_ratio"]
@@ -33,8 +33,8 @@ _INT64_LIMIT: Final = float(2**63)
 class Evaluation:
     overhead: Quantity
     node_overhead: Quantity
-    components: list[tuple[str, int]]
-    node_components: list[tuple[str, int]]
+    components: list[dict[str, Any]]  # {"name", "bytes"}, the answer's entries
+    node_components: list[dict[str, Any]]
 
 
 def parse_ratio(text: str | None) -> float | None:
@@ -54,39 +54,88 @@ def parse_ratio(text: str | None) -> float | None:
             "KubeVirt would silently ignore it",
         ) from None
     if not math.isfinite(ratio):
-        raise InvalidRatio(RATIO_PATH, f"{text!r} is not finite; KubeVirt's result would be platform-dependent")
+        raise InvalidRatio(
+            RATIO_PATH, f"{text!r} is not finite; KubeVirt's result would be platform-dependent"
+        )
     return ratio
 
 
-def _sum(components: tuple[Component, ...], features: VmiFeatures, arch: str, start: Quantity) -> tuple[
-    Quantity, list[tuple[str, int]]
-]:
-    total = start
-    parts: list[tuple[str, int]] = []
-    for component in components:
-        if component.when is not None and not component.when(features, arch):
-            continue
-        terms = component.terms(features)
-        if not terms:
-            continue
-        subtotal = terms[0]
-        total = total.add(subtotal)
-        for term in terms[1:]:
-            total = total.add(term)
-            subtotal = subtotal.add(term)
-        parts.append((component.name, subtotal.value()))
-    return total, parts
+def _sum(
+    plan: tuple[Step, ...], features: VmiFeatures, arch: str, start: Quantity
+) -> tuple[Quantity, list[dict[str, Any]]]:
+    """Add the components' terms in order, exactly as repeated ``Quantity.Add`` calls would.
+
+    This is the hot path.  While every term is a whole number in Go's int64 form (the upstream
+    tables' case) the running sum is a plain int with Go's format rule applied by hand; the first
+    term that is not, or an int64 overflow, hands over to :meth:`Quantity.add`.
+    """
+    acc, exp, fmt = start.unscaled, start.exp, start.format
+    total: Quantity | None = None if not start.big else start
+    parts: list[dict[str, Any]] = []
+    flags = features.flags
+    for step in plan:
+        if type(step) is Block:
+            if total is None and acc >= 0 and (acc == 0 or exp == 0) and acc + step.total <= MAX_INT64:
+                if acc == 0:
+                    fmt, exp = step.first_format, 0
+                acc += step.total
+                parts.extend(step.parts)
+                continue
+            components: tuple[Component, ...] = step.components
+        else:
+            components = (step,)  # type: ignore[assignment]
+        for component in components:
+            if component.when_arch is not None:
+                if component.when_arch != arch:
+                    continue
+            elif (
+                component.when_feature is not None and flags[component.when_feature] is component.when_negate
+            ):
+                continue
+            constant = component.constant
+            if constant is not None:
+                terms: tuple[Quantity, ...] = (constant,)
+            else:
+                assert component.terms is not None
+                terms = component.terms(features)
+                if not terms:
+                    continue
+            subtotal = 0
+            exact = True
+            for term in terms:
+                if total is None and term.exp == 0 and not term.big and (acc == 0 or exp == 0):
+                    value = term.unscaled
+                    candidate = acc + value
+                    if MIN_INT64 <= candidate <= MAX_INT64:
+                        if acc == 0:
+                            fmt = term.format  # Go: a zero receiver takes the operand's format
+                            if value:
+                                exp = 0
+                        acc = candidate
+                        subtotal += value
+                        continue
+                if total is None:
+                    total = Quantity(acc, exp, fmt)
+                total = total.add(term)
+                exact = False
+            if not exact:
+                sub = terms[0]
+                for term in terms[1:]:
+                    sub = sub.add(term)
+                subtotal = sub.value()
+            parts.append({"name": component.name, "bytes": subtotal})
+    return (total if total is not None else Quantity(acc, exp, fmt)), parts
 
 
 def _check_int64(total: Quantity, path: str, what: str) -> None:
+    if not total.big:
+        return  # Go's int64 form: in range by construction
     num, den = total.as_fraction()
     if not MIN_INT64 * den <= num <= MAX_INT64 * den:
         raise InputError(path, f"{what} makes the overhead overflow 64-bit bytes")
 
 
-def _network_memory(
-    features: VmiFeatures, model: Model, bindings: Mapping[str, Quantity | None]
-) -> Quantity:
+def _network_memory(features: VmiFeatures, model: Model, bindings: Mapping[str, Quantity | None]) -> Quantity:
     """KubeVirt's ``MemoryCalculator.Calculate``: passt once, then each distinct registered plugin."""
     total = _GO_ZERO
     if features.passt:
@@ -112,7 +161,7 @@ def evaluate(
     ``bindings`` maps each registered network-binding plugin to its memory request (None when the
     plugin declares none).
     """
-    total, parts = _sum(model.components, features, arch, _ACCUMULATOR)
+    total, parts = _sum(model.plan, features, arch, _ACCUMULATOR)
     _check_int64(total, "vmi.spec.domain.memory.reservedOverhead.addedOverhead", "the reserved overhead")
 
     if ratio is not None:
@@ -121,16 +170,18 @@ def evaluate(
             raise InvalidRatio(RATIO_PATH, "the ratio makes the overhead overflow 64-bit bytes")
         added = Quantity.scaled(int(kilo), KILO)
         total = total.add(added)
-        parts.append(("ratio", added.value()))
+        parts.append({"name": "ratio", "bytes": added.value()})
         _check_int64(total, RATIO_PATH, "the ratio")
 
     # Upstream adds the network memory unconditionally (a zero can still hand over its format).
-    network = _network_memory(features, model, bindings)
-    total = total.add(network)
     if features.passt or features.binding_names:
-        parts.append(("networkBinding", network.value()))
+        network = _network_memory(features, model, bindings)
+        total = total.add(network)
+        parts.append({"name": "networkBinding", "bytes": network.value()})
+    elif total.big or total.is_zero():
+        total = total.add(_GO_ZERO.add(_GO_ZERO))  # Go's zero Quantity{} from an empty calculator
     _check_int64(total, "kubevirtConfiguration.network.binding", "network-binding memory")
 
-    node_total, node_parts = _sum(model.node_components, features, arch, _ACCUMULATOR)
+    node_total, node_parts = _sum(model.node_plan, features, arch, _ACCUMULATOR)
     _check_int64(node_total, "vmi", "the node-level overhead")
     return Evaluation(total, node_total, parts, node_parts)

@@ -70,7 +70,9 @@ class HypervisorDecision:
         }
 
 
-def _choose(requested: str, gates: frozenset[str], configured: str | None, node: NodeFacts) -> tuple[str, str]:
+def _choose(
+    requested: str, gates: frozenset[str], configured: str | None, node: NodeFacts
+) -> tuple[str, str]:
     if requested != "auto":
         return requested, Reason.REQUESTED
     if GATE_L1VH in gates:
@@ -84,7 +86,9 @@ def _choose(requested: str, gates: frozenset[str], configured: str | None, node:
     return "kvm", Reason.FEATURE_GATE_DISABLED
 
 
-def select(requested: str, gates: frozenset[str], configured: str | None, node: NodeFacts) -> HypervisorDecision:
+def select(
+    requested: str, gates: frozenset[str], configured: str | None, node: NodeFacts
+) -> HypervisorDecision:
     """Decide the hypervisor.
 
     ``requested`` is ``auto``, ``kvm`` or ``mshv``; ``gates`` the enabled feature gates;

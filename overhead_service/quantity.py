@@ -140,7 +140,18 @@ def _strip_tens(unscaled: int, exp: int) -> tuple[int, int]:
     return unscaled, exp
 
 
-_DECIMAL_SUFFIXES: Final = {-9: "n", -6: "u", -3: "m", 0: "", 3: "k", 6: "M", 9: "G", 12: "T", 15: "P", 18: "E"}
+_DECIMAL_SUFFIXES: Final = {
+    -9: "n",
+    -6: "u",
+    -3: "m",
+    0: "",
+    3: "k",
+    6: "M",
+    9: "G",
+    12: "T",
+    15: "P",
+    18: "E",
+}
 _BINARY_SUFFIXES: Final = ("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
 
 
@@ -304,7 +315,18 @@ _GRAMMAR: Final = re.compile(
     r"(?P<suffix>[KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]{1,4})?"
 )
 _BINARY_EXPONENTS: Final = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
-_DECIMAL_EXPONENTS: Final = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+_DECIMAL_EXPONENTS: Final = {
+    "n": -9,
+    "u": -6,
+    "m": -3,
+    "": 0,
+    "k": 3,
+    "M": 6,
+    "G": 9,
+    "T": 12,
+    "P": 15,
+    "E": 18,
+}
 
 
 def _round_up_to_nano(unscaled: int, exp: int) -> tuple[int, int]:
@@ -403,7 +425,9 @@ def quantity_from_json(value: Any) -> Quantity:
             raw = str(value)
         return parse_quantity(raw)
     if isinstance(value, float):
-        raise InvalidQuantity("", "JSON numbers must be decoded exactly (use overhead_service.jsonutil.loads)")
+        raise InvalidQuantity(
+            "", "JSON numbers must be decoded exactly (use overhead_service.jsonutil.loads)"
+        )
     raise InvalidQuantity("", f"must be a quantity string or number, not {_json_type(value)}")
 
 

@@ -32,13 +32,14 @@ Bad input raises :class:`~overhead_service.errors.InputError` with the JSON path
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any, Final
 
 from .engine import evaluate, parse_ratio
 from .errors import InputError, problem
 from .hypervisor import HypervisorDecision, NodeFacts, select
 from .quantity import Quantity
-from .tables import TableRegistry
+from .tables import Model, TableRegistry
 from .vmi import extract_features, read_quantity
 
 __all__ = ["OverheadService"]
@@ -84,14 +85,22 @@ class _Cluster:
     def __init__(self, config: dict[str, Any] | None) -> None:
         config = config or {}
         p = "kubevirtConfiguration"
-        self.ratio = parse_ratio(_optional_string(config, "additionalGuestMemoryOverheadRatio",
-                                                  f"{p}.additionalGuestMemoryOverheadRatio", _MAX_RATIO))
+        self.ratio = parse_ratio(
+            _optional_string(
+                config,
+                "additionalGuestMemoryOverheadRatio",
+                f"{p}.additionalGuestMemoryOverheadRatio",
+                _MAX_RATIO,
+            )
+        )
         dev = _object(config.get("developerConfiguration"), f"{p}.developerConfiguration") or {}
         gates = dev.get("featureGates")
         if gates is not None and (type(gates) is not list or any(type(g) is not str for g in gates)):
             raise InputError(f"{p}.developerConfiguration.featureGates", "must be an array of strings")
         self.gates = frozenset(gates or ())
-        self.use_emulation = bool(_optional_bool(dev, "useEmulation", f"{p}.developerConfiguration.useEmulation"))
+        self.use_emulation = bool(
+            _optional_bool(dev, "useEmulation", f"{p}.developerConfiguration.useEmulation")
+        )
         hypervisors = config.get("hypervisors")
         if hypervisors is not None and type(hypervisors) is not list:
             raise InputError(f"{p}.hypervisors", "must be an array")
@@ -115,14 +124,32 @@ class _Cluster:
             bp = f"{p}.network.binding.{name}"
             plugin = _object(plugin, bp) or {}
             overhead = _object(plugin.get("computeResourceOverhead"), f"{bp}.computeResourceOverhead")
-            requests = None if overhead is None else _object(overhead.get("requests"),
-                                                            f"{bp}.computeResourceOverhead.requests")
+            requests = (
+                None
+                if overhead is None
+                else _object(overhead.get("requests"), f"{bp}.computeResourceOverhead.requests")
+            )
             if requests is None:
                 bindings[name] = None
             else:
                 # A missing key reads as Go's zero Quantity{} from the map.
-                bindings[name] = read_quantity(requests.get("memory"), f"{bp}.computeResourceOverhead.requests.memory")
+                bindings[name] = read_quantity(
+                    requests.get("memory"), f"{bp}.computeResourceOverhead.requests.memory"
+                )
         return bindings
+
+
+_NO_CLUSTER: Final = _Cluster(None)
+_NO_NODE: Final = NodeFacts()
+
+
+@lru_cache(maxsize=256)
+def _decide(
+    requested: str, gates: frozenset[str], configured: str | None, node: NodeFacts
+) -> tuple[HypervisorDecision, dict[str, str | None]]:
+    """The hypervisor decision and its JSON form; a pure function of hashable facts, so memoised."""
+    decision = select(requested, gates, configured, node)
+    return decision, decision.to_json()
 
 
 class OverheadService:
@@ -147,31 +174,39 @@ class OverheadService:
         self.default_arch = default_arch
         self.default_table = default_table
         self._default_table_for = default_table_for or (lambda hypervisor, arch: default_table)
+        self._models: dict[tuple[str, str, str], tuple[Model, dict[str, Any]]] = {}
 
     def compute(self, body: Any) -> dict[str, Any]:
         """Answer one overhead request (see the module docstring); raises :class:`InputError`."""
         if type(body) is not dict:
             raise InputError("", "the request must be a JSON object")
-        unknown = body.keys() - _FIELDS
-        if unknown:
-            raise InputError(sorted(unknown)[0], f"unknown field; allowed: {', '.join(sorted(_FIELDS))}")
-        if body.get("vmi") is None:
+        for key in body:
+            if key not in _FIELDS:
+                raise InputError(key, f"unknown field; allowed: {', '.join(sorted(_FIELDS))}")
+        vmi = body.get("vmi")
+        if vmi is None:
             raise InputError("vmi", "is required: a VirtualMachineInstance as Kubernetes JSON")
-        features = extract_features(body["vmi"])
+        features = extract_features(vmi)
 
-        config_body = _object(body.get("kubevirtConfiguration"), "kubevirtConfiguration")
-        cluster = _Cluster(config_body)
-        node_body = _object(body.get("node"), "node") or {}
-        node = NodeFacts(
-            mshv_available=_optional_bool(node_body, "mshvAvailable", "node.mshvAvailable"),
-            kvm_available=_optional_bool(node_body, "kvmAvailable", "node.kvmAvailable"),
-            emulation_allowed=bool(_optional_bool(node_body, "emulationAllowed", "node.emulationAllowed"))
-            or cluster.use_emulation,
+        config_body = body.get("kubevirtConfiguration")
+        cluster = (
+            _NO_CLUSTER if config_body is None else _Cluster(_object(config_body, "kubevirtConfiguration"))
         )
+        node_body = body.get("node")
+        if node_body is None and not cluster.use_emulation:
+            node = _NO_NODE
+        else:
+            node_body = _object(node_body, "node") or {}
+            node = NodeFacts(
+                mshv_available=_optional_bool(node_body, "mshvAvailable", "node.mshvAvailable"),
+                kvm_available=_optional_bool(node_body, "kvmAvailable", "node.kvmAvailable"),
+                emulation_allowed=bool(_optional_bool(node_body, "emulationAllowed", "node.emulationAllowed"))
+                or cluster.use_emulation,
+            )
         requested = _optional_string(body, "hypervisor", "hypervisor", 32) or "auto"
         if requested not in _HYPERVISORS:
             raise InputError("hypervisor", "must be one of auto, kvm, mshv, hyperv-direct")
-        decision = select(_HYPERVISORS[requested], cluster.gates, cluster.configured, node)
+        decision = _decide(_HYPERVISORS[requested], cluster.gates, cluster.configured, node)
 
         cpu_arch = _optional_string(body, "cpuArch", "cpuArch", _MAX_ARCH)
         if config_body is not None:
@@ -181,13 +216,33 @@ class OverheadService:
             arch = cpu_arch if cpu_arch is not None else features.architecture or self.default_arch
 
         table_id = _optional_string(body, "table", "table", 200)
-        table = self.tables.get(table_id if table_id is not None else self._default_table_for(decision.name, arch))
-        model = table.model_for(decision.name, arch)
-        if model is None:
-            raise InputError("table", f"table {table.id!r} has no model for {decision.name} on {arch!r}")
+        if table_id is None:
+            table_id = self._default_table_for(decision[0].name, arch)
+        model, table_json = self._model(table_id, decision[0].name, arch)
         result = evaluate(model, features, arch, cluster.ratio, cluster.bindings)
-        return _answer(result.overhead, result.node_overhead, decision, table.id, model.provisional, arch,
-                       result.components, result.node_components)
+        return {
+            "overhead": result.overhead.to_json(),
+            "nodeOverhead": result.node_overhead.to_json(),
+            "hypervisor": decision[1],
+            "table": table_json,
+            "cpuArch": arch,
+            "components": result.components,
+            "nodeComponents": result.node_components,
+        }
+
+    def _model(self, table_id: str, hypervisor: str, arch: str) -> tuple[Model, dict[str, Any]]:
+        """The model to evaluate and the answer's ``table`` entry, remembered per combination."""
+        key = (table_id, hypervisor, arch)
+        found = self._models.get(key)
+        if found is None:
+            table = self.tables.get(table_id)
+            model = table.model_for(hypervisor, arch)
+            if model is None:
+                raise InputError("table", f"table {table.id!r} has no model for {hypervisor} on {arch!r}")
+            found = (model, {"id": table.id, "provisional": model.provisional})
+            if len(self._models) < 1024:  # arch strings come from callers: keep the memo bounded
+                self._models[key] = found
+        return found
 
     def compute_batch(self, items: Any) -> list[dict[str, Any]]:
         """Answer each item in order; a bad item gets a problem document, the rest still answer."""
@@ -202,24 +257,3 @@ class OverheadService:
             except InputError as err:
                 answers.append(problem(err.at(f"items[{index}]"), status=422))
         return answers
-
-
-def _answer(
-    overhead: Quantity,
-    node_overhead: Quantity,
-    decision: HypervisorDecision,
-    table_id: str,
-    provisional: bool,
-    arch: str,
-    components: list[tuple[str, int]],
-    node_components: list[tuple[str, int]],
-) -> dict[str, Any]:
-    return {
-        "overhead": overhead.to_json(),
-        "nodeOverhead": node_overhead.to_json(),
-        "hypervisor": decision.to_json(),
-        "table": {"id": table_id, "provisional": provisional},
-        "cpuArch": arch,
-        "components": [{"name": name, "bytes": value} for name, value in components],
-        "nodeComponents": [{"name": name, "bytes": value} for name, value in node_components],
-    }

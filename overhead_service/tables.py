@@ -30,38 +30,90 @@ from typing import Any, Final
 
 from .errors import InvalidQuantity, TableFormatError, UnknownTable
 from .quantity import KILO, Format, Quantity, parse_quantity, wrap_int64
-from .vmi import VmiFeatures
+from .vmi import FEATURE_NAMES, VmiFeatures
 
 __all__ = ["FEATURES", "Component", "Model", "Table", "TableRegistry"]
 
 SCHEMA_VERSION: Final = 1
 
-FEATURES: Final[Mapping[str, Callable[[VmiFeatures], bool]]] = {
-    "graphics": lambda f: f.graphics,
-    "vfio": lambda f: f.vfio,
-    "downwardMetricsVolume": lambda f: f.downward_metrics_volume,
-    "execProbe": lambda f: f.liveness_exec or f.readiness_exec,
-    "sev": lambda f: f.sev,
-    "tpm": lambda f: f.tpm,
-    "dedicatedCpu": lambda f: f.dedicated_cpu,
-    "guaranteedQos": lambda f: f.guaranteed_qos,
-    "dedicatedCpuOrGuaranteedQos": lambda f: f.dedicated_cpu or f.guaranteed_qos,
-    "reservedOverhead": lambda f: f.reserved_overhead is not None,
-    "passt": lambda f: f.passt,
-}
+FEATURES: Final = FEATURE_NAMES
 
 Terms = Callable[[VmiFeatures], tuple[Quantity, ...]]
-Predicate = Callable[[VmiFeatures, str], bool]
 
 
 @dataclass(frozen=True, slots=True)
 class Component:
-    """One named part of the overhead, compiled for evaluation."""
+    """One named part of the overhead, compiled for evaluation.
+
+    A ``fixed`` term keeps its ``constant``; the others compute their ``terms`` from the VMI.
+    The condition is either an exact ``when_arch`` or a ``when_feature`` (negated by
+    ``when_negate``), looked up in :attr:`VmiFeatures.flags`.
+    """
 
     name: str
-    terms: Terms
-    when: Predicate | None
+    constant: Quantity | None
+    terms: Terms | None
+    when_feature: str | None
+    when_negate: bool
+    when_arch: str | None
     spec: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """Consecutive unconditional whole-number constants, summed once when the table is compiled.
+
+    Evaluating the block is exact only from a non-negative running sum (then Go's format rule
+    reduces to "the first positive constant's format, if the sum was zero"); the evaluator falls
+    back to the individual ``components`` otherwise.
+    """
+
+    total: int
+    first_format: Format
+    parts: tuple[dict[str, Any], ...]  # ready-made {"name", "bytes"} entries of the answer
+    components: tuple[Component, ...]
+
+
+Step = Block | Component
+
+
+def _plan(components: tuple[Component, ...]) -> tuple[Step, ...]:
+    steps: list[Step] = []
+    run: list[Component] = []
+
+    def close() -> None:
+        if len(run) > 1:
+            values = [c.constant.unscaled for c in run if c.constant is not None]
+            first = next(c.constant.format for c in run if c.constant is not None and c.constant.unscaled)
+            steps.append(
+                Block(
+                    sum(values),
+                    first,
+                    tuple({"name": c.name, "bytes": v} for c, v in zip(run, values, strict=True)),
+                    tuple(run),
+                )
+            )
+        else:
+            steps.extend(run)
+        run.clear()
+
+    for component in components:
+        constant = component.constant
+        mergeable = (
+            constant is not None
+            and component.when_feature is None
+            and component.when_arch is None
+            and constant.exp == 0
+            and not constant.big
+            and constant.unscaled > 0
+        )
+        if mergeable:
+            run.append(component)
+        else:
+            close()
+            steps.append(component)
+    close()
+    return tuple(steps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +124,12 @@ class Model:
     components: tuple[Component, ...]
     node_components: tuple[Component, ...]
     passt_binding: Quantity
+    plan: tuple[Step, ...] = ()
+    node_plan: tuple[Step, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "plan", _plan(self.components))
+        object.__setattr__(self, "node_plan", _plan(self.node_components))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +157,8 @@ class Table:
             "builtin": bool(doc.get("builtin", False)),
             "provenance": doc.get("provenance", {}),
             "models": [
-                {"hypervisor": m.hypervisor, "arch": m.arch, "provisional": m.provisional} for m in self.models
+                {"hypervisor": m.hypervisor, "arch": m.arch, "provisional": m.provisional}
+                for m in self.models
             ],
         }
 
@@ -149,21 +208,19 @@ def _reserved(f: VmiFeatures) -> tuple[Quantity, ...]:
     return (f.reserved_overhead,) if f.reserved_overhead is not None else ()
 
 
-def _compile_when(when: Any, where: str) -> Predicate | None:
+def _compile_when(when: Any, where: str) -> tuple[str | None, bool, str | None]:
+    """``(feature, negate, arch)`` for a component's ``when``."""
     if when is None:
-        return None
+        return None, False, None
     if not isinstance(when, Mapping) or len(when) != 1:
         raise TableFormatError(f"{where}: 'when' must be an object with one of feature, notFeature, arch")
-    (kind, value), = when.items()
+    ((kind, value),) = when.items()
     if kind in ("feature", "notFeature"):
         if value not in FEATURES:
             raise TableFormatError(f"{where}: unknown feature {value!r}; known: {', '.join(FEATURES)}")
-        test = FEATURES[value]
-        if kind == "feature":
-            return lambda f, arch: test(f)
-        return lambda f, arch: not test(f)
+        return value, kind == "notFeature", None
     if kind == "arch" and isinstance(value, str):
-        return lambda f, arch: arch == value
+        return None, False, value
     raise TableFormatError(f"{where}: unsupported condition {kind!r}")
 
 
@@ -174,10 +231,10 @@ def _compile_component(spec: Any, where: str) -> Component:
     if not isinstance(name, str) or not name:
         raise TableFormatError(f"{where}: 'name' must be a non-empty string")
     where = f"{where} ({name})"
-    terms: Terms
+    terms: Terms | None = None
+    constant = None
     if term == "fixed":
         constant = _quantity(spec, "quantity", where)
-        terms = lambda f: (constant,)  # noqa: E731 - a one-line term reads best inline
     elif term == "perVcpu":
         terms = _per_vcpu(_quantity(spec, "quantity", where))
     elif term == "perGuestByte":
@@ -197,7 +254,8 @@ def _compile_component(spec: Any, where: str) -> Component:
         terms = _reserved
     else:
         raise TableFormatError(f"{where}: unknown term {term!r}")
-    return Component(name, terms, _compile_when(spec.get("when"), where), dict(spec))
+    feature, negate, arch = _compile_when(spec.get("when"), where)
+    return Component(name, constant, terms, feature, negate, arch, dict(spec))
 
 
 def _compile_model(spec: Any, where: str) -> Model:

@@ -51,7 +51,9 @@ def _request(table: str, case: dict[str, Any], hypervisor: str) -> dict[str, Any
     if "kubevirtConfiguration" in given:
         body["kubevirtConfiguration"] = given["kubevirtConfiguration"]
     elif given["additionalOverheadRatio"] is not None:
-        body["kubevirtConfiguration"] = {"additionalGuestMemoryOverheadRatio": given["additionalOverheadRatio"]}
+        body["kubevirtConfiguration"] = {
+            "additionalGuestMemoryOverheadRatio": given["additionalOverheadRatio"]
+        }
     if hypervisor != "auto":
         body["hypervisor"] = hypervisor
     return body
@@ -94,12 +96,18 @@ def test_explicit_hypervisor_matches_upstream(
 
 
 @pytest.mark.parametrize(
-    ("table", "case"), [c for c in CASES if "expected_calculate" in c.values[1] and not _expects_error(c.values[1])]
+    ("table", "case"),
+    [c for c in CASES if "expected_calculate" in c.values[1] and not _expects_error(c.values[1])],
 )
-def test_calculate_cases_choose_upstreams_hypervisor(service: OverheadService, table: str, case: dict[str, Any]) -> None:
+def test_calculate_cases_choose_upstreams_hypervisor(
+    service: OverheadService, table: str, case: dict[str, Any]
+) -> None:
     calculated = case["expected_calculate"]
     answer = service.compute(_request(table, case, "auto"))
-    assert answer["overhead"] == {"quantity": calculated["total"]["quantity"], "bytes": calculated["total"]["bytes"]}
+    assert answer["overhead"] == {
+        "quantity": calculated["total"]["quantity"],
+        "bytes": calculated["total"]["bytes"],
+    }
     upstream = {"kvm": "kvm", "mshv": "hyperv-direct"}[answer["hypervisor"]["name"]]
     assert upstream == calculated["hypervisorName"]
     assert answer["cpuArch"] == calculated["effectiveArch"]

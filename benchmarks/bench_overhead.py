@@ -1,0 +1,310 @@
+"""Speed of POST /v1/overhead, measured in one bounded run.
+
+(a) the engine in-process, per VMI (and with JSON decode + encode around it);
+(b) HTTP throughput of ``POST /v1/overhead`` under gunicorn, next to the trivial ``GET /healthz``
+    served by the same app, at rising concurrency (throughput ratio, p50/p99 latency);
+(c) ``POST /v1/overhead/batch`` with 10,000 VMIs: wall time per VMI, over HTTP and in-process.
+
+Targets (issue 2): throughput ratio >= 0.8 and batch <= 30 µs per VMI.  The load generator is
+``wrk`` when it is installed (``make bench`` installs it), else a small Python client; the report
+says which.  Everything runs on loopback and stops by itself.
+
+    python benchmarks/bench_overhead.py [--seconds 5] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.client import HTTPConnection
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.corpus import corpus  # noqa: E402
+from overhead_service.jsonio import dumps, loads  # noqa: E402
+from overhead_service.service import OverheadService  # noqa: E402
+from overhead_service.tables import TableRegistry  # noqa: E402
+
+TARGET_RATIO = 0.8
+TARGET_BATCH_US = 30.0
+
+
+def _best_per_item(fn: Any, items: list[Any], repeats: int = 5) -> float:
+    """Best-of-``repeats`` µs per item (the least disturbed run on a shared machine)."""
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for item in items:
+            fn(item)
+        runs.append((time.perf_counter() - start) / len(items) * 1e6)
+    return min(runs)
+
+
+def bench_engine(requests: list[dict[str, Any]]) -> dict[str, float]:
+    service = OverheadService(TableRegistry.builtin())
+    raw = [json.dumps(r) for r in requests]
+    gc.collect()
+    return {
+        "compute_us": _best_per_item(service.compute, requests),
+        "decode_compute_encode_us": _best_per_item(lambda text: dumps(service.compute(loads(text))), raw),
+    }
+
+
+class Server:
+    """gunicorn with the project's config on a free loopback port, with its own SQLite file."""
+
+    def __init__(self, workers: int) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.tmp = tempfile.TemporaryDirectory(prefix="overhead-bench-")
+        env = dict(os.environ, OVERHEAD_DATABASE_URL=f"sqlite:///{self.tmp.name}/bench.db")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "python:overhead_service.gunicorn_conf",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                str(workers),
+                "overhead_service:create_app()",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                status, _ = self.request("GET", "/healthz")
+                if status == 200:
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("gunicorn did not become healthy within 30 s")
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        conn = HTTPConnection("127.0.0.1", self.port, timeout=120)
+        try:
+            conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.tmp.cleanup()
+
+
+def _wrk(
+    port: int, path: str, bodies: list[str] | None, connections: int, seconds: float
+) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        if bodies:
+            script.write("bodies = {" + ",".join(json.dumps(b) for b in bodies) + "}\n")
+            script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
+            script.write(
+                "i = 0\nrequest = function()\n  i = i % #bodies + 1\n"
+                "  return wrk.format(nil, nil, nil, bodies[i])\nend\n"
+            )
+    try:
+        out = subprocess.run(
+            [
+                "wrk",
+                f"-t{min(connections, 2)}",
+                f"-c{connections}",
+                f"-d{max(1, round(seconds))}s",
+                "--latency",
+                "-s",
+                script.name,
+                f"http://127.0.0.1:{port}{path}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 30,
+        ).stdout
+    finally:
+        os.unlink(script.name)
+    if "Non-2xx" in out:
+        raise RuntimeError(f"wrk saw errors on {path}:\n{out}")
+
+    def latency(label: str) -> float:
+        match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not match:
+            return float("nan")
+        return float(match[1]) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[match[2]]
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    return {"rps": float(rps[1]) if rps else float("nan"), "p50_ms": latency("50"), "p99_ms": latency("99")}
+
+
+def _python_load(
+    port: int, path: str, bodies: list[str] | None, connections: int, seconds: float
+) -> dict[str, float]:
+    """Fallback load: keep-alive connections in threads (the client itself costs CPU here)."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def worker(offset: int) -> None:
+        conn = HTTPConnection("127.0.0.1", port, timeout=30)
+        mine, i = [], offset
+        while time.monotonic() < stop_at:
+            body = bodies[i % len(bodies)].encode() if bodies else None
+            start = time.perf_counter()
+            conn.request(
+                "POST" if body else "GET", path, body=body, headers={"Content-Type": "application/json"}
+            )
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{path}: HTTP {response.status}")
+            mine.append(time.perf_counter() - start)
+            i += 1
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    latencies.sort()
+    return {
+        "rps": len(latencies) / seconds,
+        "p50_ms": latencies[len(latencies) // 2] * 1e3,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3,
+    }
+
+
+def bench_http(
+    requests: list[dict[str, Any]], seconds: float, levels: list[int], workers: int
+) -> dict[str, Any]:
+    load = _wrk if shutil.which("wrk") else _python_load
+    bodies = [json.dumps(r) for r in requests[:200]]
+    server = Server(workers)
+    try:
+        status, body = server.request("POST", "/v1/overhead", bodies[0].encode())
+        if status != 200:
+            raise RuntimeError(f"POST /v1/overhead answered {status}: {body[:300]!r}")
+        rows = []
+        for connections in levels:
+            trivial = load(server.port, "/healthz", None, connections, seconds)
+            overhead = load(server.port, "/v1/overhead", bodies, connections, seconds)
+            rows.append(
+                {
+                    "connections": connections,
+                    "healthz": trivial,
+                    "overhead": overhead,
+                    "ratio": overhead["rps"] / trivial["rps"],
+                }
+            )
+
+        batch_items = [r for r in requests[:10_000]]
+        payload = json.dumps({"items": batch_items}).encode()
+        walls = []
+        for _ in range(3):
+            start = time.perf_counter()
+            status, body = server.request("POST", "/v1/overhead/batch", payload)
+            walls.append(time.perf_counter() - start)
+            if status != 200 or len(json.loads(body)["items"]) != len(batch_items):
+                raise RuntimeError(f"batch answered {status}")
+        batch_us = statistics.median(walls) / len(batch_items) * 1e6
+    finally:
+        server.stop()
+    return {
+        "generator": "wrk" if load is _wrk else "python",
+        "workers": workers,
+        "levels": rows,
+        "batch_http_us_per_vmi": batch_us,
+        "batch_bytes": len(payload),
+    }
+
+
+def bench_batch_in_process(requests: list[dict[str, Any]]) -> float:
+    service = OverheadService(TableRegistry.builtin())
+    payload = json.dumps({"items": requests})
+    runs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        dumps({"items": service.compute_batch(loads(payload)["items"])})
+        runs.append(time.perf_counter() - start)
+    return min(runs) / len(requests) * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=5.0, help="load duration per endpoint and level")
+    parser.add_argument("--levels", default="1,4,16", help="comma-separated concurrent connections")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="gunicorn workers")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    requests = corpus(10_000)
+    engine = bench_engine(requests[:2000])
+    batch_in_process = bench_batch_in_process(requests)
+    http = bench_http(requests, args.seconds, [int(n) for n in args.levels.split(",")], args.workers)
+
+    print(
+        f"# overhead-service benchmark ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, "
+        f"Python {sys.version.split()[0]}, load generator: {http['generator']}, "
+        f"gunicorn workers: {http['workers']})\n"
+    )
+    print("(a) engine in-process, realistic defaulted VMIs:")
+    print(f"    compute                    {engine['compute_us']:8.1f} µs/VMI")
+    print(f"    JSON decode+compute+encode {engine['decode_compute_encode_us']:8.1f} µs/VMI\n")
+    print("(b) HTTP under gunicorn, POST /v1/overhead vs GET /healthz (same app):")
+    print("    conns | healthz req/s | overhead req/s | ratio | overhead p50 ms | p99 ms")
+    for row in http["levels"]:
+        print(
+            f"    {row['connections']:5d} | {row['healthz']['rps']:13.0f} | {row['overhead']['rps']:14.0f} |"
+            f" {row['ratio']:5.2f} | {row['overhead']['p50_ms']:15.2f} | {row['overhead']['p99_ms']:6.2f}"
+        )
+    worst = min(row["ratio"] for row in http["levels"])
+    print(f"\n(c) batch of 10,000 VMIs ({http['batch_bytes'] / 1e6:.1f} MB):")
+    print(f"    over HTTP   {http['batch_http_us_per_vmi']:6.1f} µs/VMI (median of 3)")
+    print(f"    in-process  {batch_in_process:6.1f} µs/VMI (decode + compute_batch + encode, best of 3)\n")
+    ok_ratio = worst >= TARGET_RATIO
+    ok_batch = http["batch_http_us_per_vmi"] <= TARGET_BATCH_US
+    print(f"target throughput ratio >= {TARGET_RATIO}: worst {worst:.2f} -> {'PASS' if ok_ratio else 'FAIL'}")
+    print(
+        f"target batch <= {TARGET_BATCH_US:.0f} µs/VMI over HTTP: {http['batch_http_us_per_vmi']:.1f} -> "
+        f"{'PASS' if ok_batch else 'FAIL'}"
+    )
+    if args.json:
+        args.json.write_text(
+            json.dumps({"engine": engine, "http": http, "batch_in_process_us": batch_in_process}, indent=2)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
