@@ -127,12 +127,12 @@ def _sum(
     return (total if total is not None else Quantity(acc, exp, fmt)), parts
 
 
-def _check_int64(total: Quantity, path: str, what: str) -> None:
+def _check_int64(total: Quantity, error: type[InputError], path: str, what: str) -> None:
     if not total.big:
         return  # Go's int64 form: in range by construction
     num, den = total.as_fraction()
     if not MIN_INT64 * den <= num <= MAX_INT64 * den:
-        raise InputError(path, f"{what} makes the overhead overflow 64-bit bytes")
+        raise error(path, f"{what} makes the overhead overflow 64-bit bytes")
 
 
 def _network_memory(features: VmiFeatures, model: Model, bindings: Mapping[str, Quantity | None]) -> Quantity:
@@ -162,7 +162,9 @@ def evaluate(
     plugin declares none).
     """
     total, parts = _sum(model.plan, features, arch, _ACCUMULATOR)
-    _check_int64(total, "vmi.spec.domain.memory.reservedOverhead.addedOverhead", "the reserved overhead")
+    _check_int64(
+        total, InputError, "vmi.spec.domain.memory.reservedOverhead.addedOverhead", "the reserved overhead"
+    )
 
     if ratio is not None:
         kilo = float(total.scaled_value(KILO)) * (ratio - 1.0)
@@ -171,7 +173,7 @@ def evaluate(
         added = Quantity.scaled(int(kilo), KILO)
         total = total.add(added)
         parts.append({"name": "ratio", "bytes": added.value()})
-        _check_int64(total, RATIO_PATH, "the ratio")
+        _check_int64(total, InvalidRatio, RATIO_PATH, "the ratio")
 
     # Upstream adds the network memory unconditionally (a zero can still hand over its format).
     if features.passt or features.binding_names:
@@ -180,8 +182,8 @@ def evaluate(
         parts.append({"name": "networkBinding", "bytes": network.value()})
     elif total.big or total.is_zero():
         total = total.add(_GO_ZERO.add(_GO_ZERO))  # Go's zero Quantity{} from an empty calculator
-    _check_int64(total, "kubevirtConfiguration.network.binding", "network-binding memory")
+    _check_int64(total, InputError, "kubevirtConfiguration.network.binding", "network-binding memory")
 
     node_total, node_parts = _sum(model.node_plan, features, arch, _ACCUMULATOR)
-    _check_int64(node_total, "vmi", "the node-level overhead")
+    _check_int64(node_total, InputError, "vmi", "the node-level overhead")
     return Evaluation(total, node_total, parts, node_parts)

@@ -405,6 +405,13 @@ _MAX_ALLOWED: Final = Quantity(MAX_INT64, 0, big=True)
 _ONE: Final = Quantity(1, 0, big=True)
 
 
+# Go's strings.TrimSpace set: ASCII \t \n \v \f \r and space, plus unicode.IsSpace beyond ASCII
+# (Python's str.strip() would also remove U+001C..U+001F, which Go keeps and then rejects).
+_GO_SPACE: Final = (
+    "\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+)
+
+
 def quantity_from_json(value: Any) -> Quantity:
     """A quantity as ``UnmarshalJSON`` reads it: a string (whitespace trimmed) or a JSON number.
 
@@ -412,7 +419,7 @@ def quantity_from_json(value: Any) -> Quantity:
     or ``int``; a plain :class:`~decimal.Decimal` is accepted too.
     """
     if isinstance(value, str):
-        return parse_quantity(value.strip())
+        return parse_quantity(value.strip(_GO_SPACE))
     if isinstance(value, bool):
         raise InvalidQuantity("", "must be a quantity string or number, not a boolean")
     if isinstance(value, int):

@@ -283,7 +283,7 @@ def compile_table(document: Mapping[str, Any]) -> Table:
     table_id = document.get("id")
     if not isinstance(table_id, str) or not table_id:
         raise TableFormatError("a table needs a non-empty string 'id'")
-    if document.get("schemaVersion") != SCHEMA_VERSION:
+    if type(document.get("schemaVersion")) is not int or document["schemaVersion"] != SCHEMA_VERSION:
         raise TableFormatError(f"{table_id}: unsupported schemaVersion {document.get('schemaVersion')!r}")
     models = document.get("models")
     if not isinstance(models, list) or not models:
