@@ -206,8 +206,8 @@ class Quantity:
     def cmp(self, other: Quantity) -> int:
         """Exact comparison of values: -1, 0 or 1."""
         exp = min(self.exp, other.exp)
-        a = self.unscaled * 10 ** (self.exp - exp)
-        b = other.unscaled * 10 ** (other.exp - exp)
+        a: int = self.unscaled * 10 ** (self.exp - exp)
+        b: int = other.unscaled * 10 ** (other.exp - exp)
         return (a > b) - (a < b)
 
     def __eq__(self, other: object) -> bool:
@@ -236,7 +236,7 @@ class Quantity:
             return wrap_int64(_big_int64(self.unscaled) * factor)
         if self.unscaled < MAX_INT64 and dif < 19:
             small = _big_int64(self.unscaled)
-            divisor = 10**dif
+            divisor: int = 10**dif
             quotient = abs(small) // divisor * (1 if small >= 0 else -1)
             return quotient + 1 if small - quotient * divisor != 0 else quotient
         quotient, remainder = divmod(self.unscaled, 10**dif)
@@ -415,10 +415,12 @@ _GO_SPACE: Final = (
 def quantity_from_json(value: Any) -> Quantity:
     """A quantity as ``UnmarshalJSON`` reads it: a string (whitespace trimmed) or a JSON number.
 
-    JSON numbers should arrive as :class:`~overhead_service.jsonutil.JsonNumber` (their raw text)
+    JSON numbers should arrive as :class:`~overhead_service.jsonio.JsonNumber` (their raw text)
     or ``int``; a plain :class:`~decimal.Decimal` is accepted too.
     """
     if isinstance(value, str):
+        if len(value) > _MAX_QUANTITY_CHARS:  # the raw string, as the API contract bounds it
+            raise InvalidQuantity("", f"quantity is longer than {_MAX_QUANTITY_CHARS} characters")
         return parse_quantity(value.strip(_GO_SPACE))
     if isinstance(value, bool):
         raise InvalidQuantity("", "must be a quantity string or number, not a boolean")
@@ -432,9 +434,7 @@ def quantity_from_json(value: Any) -> Quantity:
             raw = str(value)
         return parse_quantity(raw)
     if isinstance(value, float):
-        raise InvalidQuantity(
-            "", "JSON numbers must be decoded exactly (use overhead_service.jsonutil.loads)"
-        )
+        raise InvalidQuantity("", "JSON numbers must be decoded exactly (use overhead_service.jsonio.loads)")
     raise InvalidQuantity("", f"must be a quantity string or number, not {_json_type(value)}")
 
 

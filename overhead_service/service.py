@@ -109,7 +109,7 @@ class _Cluster:
             hp = f"{p}.hypervisors[{index}]"
             if type(entry) is not dict:
                 raise InputError(hp, "must be an object")
-            if entry.get("name") not in _CONFIGURED:
+            if type(entry.get("name")) is not str or entry["name"] not in _CONFIGURED:
                 raise InputError(f"{hp}.name", "must be one of kvm, hyperv-direct")
             names.append(entry["name"])
         self.configured = names[0] if names else None
@@ -203,7 +203,9 @@ class OverheadService:
                 emulation_allowed=bool(_optional_bool(node_body, "emulationAllowed", "node.emulationAllowed"))
                 or cluster.use_emulation,
             )
-        requested = _optional_string(body, "hypervisor", "hypervisor", 32) or "auto"
+        requested = _optional_string(body, "hypervisor", "hypervisor", 32)
+        if requested is None:
+            requested = "auto"
         if requested not in _HYPERVISORS:
             raise InputError("hypervisor", "must be one of auto, kvm, mshv, hyperv-direct")
         decision = _decide(_HYPERVISORS[requested], cluster.gates, cluster.configured, node)

@@ -202,7 +202,8 @@ def extract_features(vmi: Any) -> VmiFeatures:
 
     devices = _object(domain.get("devices"), _V)
     graphics = _bool(devices, "autoattachGraphicsDevice", _V) is not False
-    vfio = bool(_items(devices, "hostDevices", _V)) or bool(_items(devices, "gpus", _V))
+    host_devices, gpus = _items(devices, "hostDevices", _V), _items(devices, "gpus", _V)  # validate both
+    vfio = bool(host_devices or gpus)
     passt = False
     names: list[str] = []
     if devices.get("interfaces") is not None:

@@ -1,0 +1,83 @@
+# Set-up and checks. Works from a fresh clone, as root on Debian (as CI runs it) or as a user with sudo.
+#   make serve   the API on :8080 with the embedded SQLite database under var/
+#   make test    lint + type check + the whole test suite
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8080
+BIND ?= 0.0.0.0:$(PORT)
+
+# Debian packages beyond Python, installed when missing: what the test suite needs (later issues add
+# PostgreSQL, QEMU ... here), and what the benchmark uses (wrk; it falls back to a Python client).
+TEST_SYSTEM_PACKAGES ?=
+BENCH_SYSTEM_PACKAGES ?= wrk
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+# $(call apt-install-missing,PACKAGES): apt-get install those of PACKAGES that dpkg does not know.
+define apt-install-missing
+missing="$$(for p in $(1); do dpkg -s "$$p" >/dev/null 2>&1 || echo "$$p"; done)"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:" $$missing; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+endef
+
+.PHONY: help serve test lint bench venv install install-test system-deps bench-deps clean
+
+help:
+	@echo "make serve   run overhead-service on $(BIND) (SQLite under var/)"
+	@echo "make test    install test dependencies, then ruff, mypy and pytest"
+	@echo "make lint    ruff check, ruff format --check, mypy"
+	@echo "make bench   run benchmarks/bench_overhead.py"
+
+# --- environments -----------------------------------------------------------------------------
+
+$(BIN)/python:
+	@# Debian's own python3 needs python3-venv for ensurepip; other Pythons (pyenv, images) have it.
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV) && \
+		$(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends python3-venv && \
+		$(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+venv: $(BIN)/python
+
+# Stamps: reinstall only when the project's metadata changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test system-deps
+
+system-deps:
+	@$(call apt-install-missing,$(TEST_SYSTEM_PACKAGES))
+
+bench-deps:
+	-@$(call apt-install-missing,$(BENCH_SYSTEM_PACKAGES))
+
+# --- tasks ------------------------------------------------------------------------------------
+
+serve: install
+	$(BIN)/overhead-service serve --bind $(BIND)
+
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+bench: install bench-deps
+	$(BIN)/python benchmarks/bench_overhead.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,156 @@
+"""The ``overhead-service`` command: ``serve``, ``compute FILE`` and ``tables``.
+
+``compute`` prints exactly the JSON that ``POST /v1/overhead`` answers for the same input, and a
+bad input prints the same problem document (to stderr, exit status 2).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from decimal import Decimal, InvalidOperation
+from typing import IO, Any, NoReturn
+
+import click
+import yaml
+
+from overhead_service import config as settings
+from overhead_service import jsonio
+from overhead_service.errors import InputError, problem
+from overhead_service.service import OverheadService
+from overhead_service.tables import TableRegistry
+from overhead_service.web.errors import status_of
+
+__all__ = ["gunicorn_argv", "load_document", "main", "request_body"]
+
+EXIT_BAD_INPUT = 2
+
+
+class _KubernetesYamlLoader(yaml.SafeLoader):
+    """YAML read as the JSON it stands for: decimals kept exact, timestamps left as strings."""
+
+
+def _exact_float(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    assert isinstance(node, yaml.ScalarNode)
+    text = str(loader.construct_scalar(node)).replace("_", "")
+    try:
+        value = Decimal(text)
+    except InvalidOperation:  # .inf, .nan, sexagesimal 1:30.5
+        return loader.construct_yaml_float(node)
+    return value if value.is_finite() else loader.construct_yaml_float(node)
+
+
+_KubernetesYamlLoader.add_constructor("tag:yaml.org,2002:float", _exact_float)
+_KubernetesYamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load_document(text: bytes) -> Any:
+    """A JSON document (decoded like the API decodes it) or, failing that, a YAML one."""
+    try:
+        return jsonio.loads(text)
+    except (ValueError, RecursionError):
+        pass
+    try:
+        return yaml.load(text, Loader=_KubernetesYamlLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise InputError("", f"not a JSON or YAML document: {exc}") from None
+
+
+def request_body(
+    document: Any,
+    *,
+    hypervisor: str | None = None,
+    table: str | None = None,
+    cpu_arch: str | None = None,
+    ratio: str | None = None,
+) -> Any:
+    """The API request for ``document``: a request body (it has ``vmi``) or a bare VMI, plus options."""
+    body: Any = document if isinstance(document, dict) and "vmi" in document else {"vmi": document}
+    for key, value in (("hypervisor", hypervisor), ("table", table), ("cpuArch", cpu_arch)):
+        if value is not None:
+            body[key] = value
+    if ratio is not None:
+        kubevirt = body.setdefault("kubevirtConfiguration", {})
+        if not isinstance(kubevirt, dict):
+            raise InputError("kubevirtConfiguration", "must be an object")
+        kubevirt["additionalGuestMemoryOverheadRatio"] = ratio
+    return body
+
+
+def _service() -> OverheadService:
+    # The same settings (OVERHEAD_DEFAULT_ARCH, OVERHEAD_DEFAULT_TABLE) as the web application.
+    config = settings.resolve()
+    return OverheadService(
+        TableRegistry.builtin(), default_arch=config["DEFAULT_ARCH"], default_table=config["DEFAULT_TABLE"]
+    )
+
+
+def _fail(error: InputError) -> NoReturn:
+    click.echo(jsonio.dumps(problem(error, status=status_of(error))), err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Memory overhead of KubeVirt virt-launcher pods."""
+
+
+@main.command(short_help="Print the overhead of a VMI, as the API answers it.")
+@click.argument("file", type=click.File("rb"))
+@click.option(
+    "--hypervisor",
+    type=click.Choice(["auto", "kvm", "mshv", "hyperv-direct"]),
+    help="Default: auto, chosen as KubeVirt would.",
+)
+@click.option("--table", help="Calibration table id (see `overhead-service tables`).")
+@click.option("--cpu-arch", help="CPU architecture, e.g. amd64 or arm64.")
+@click.option("--ratio", help="additionalGuestMemoryOverheadRatio, e.g. 1.5.")
+def compute(
+    file: IO[bytes], hypervisor: str | None, table: str | None, cpu_arch: str | None, ratio: str | None
+) -> None:
+    """Print the overhead for FILE: a VMI or a whole request body, as YAML or JSON ('-' for stdin)."""
+    try:
+        body = request_body(
+            load_document(file.read()), hypervisor=hypervisor, table=table, cpu_arch=cpu_arch, ratio=ratio
+        )
+        answer = _service().compute(body)
+    except InputError as error:
+        _fail(error)
+    click.echo(jsonio.dumps(answer))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print what GET /v1/tables answers.")
+def tables(as_json: bool) -> None:
+    """List the calibration tables."""
+    config = settings.resolve()
+    summaries = TableRegistry.builtin().summaries()
+    if as_json:
+        click.echo(jsonio.dumps({"default": config["DEFAULT_TABLE"], "tables": summaries}))
+        return
+    for summary in summaries:
+        marker = " (default)" if summary["id"] == config["DEFAULT_TABLE"] else ""
+        click.echo(f"{summary['id']}{marker}\t{summary['title']}")
+
+
+def gunicorn_argv(bind: str, workers: int | None) -> list[str]:
+    """The command line ``serve`` runs: gunicorn on the app factory with the packaged settings."""
+    argv = [sys.executable, "-m", "gunicorn", "--config", "python:overhead_service.gunicorn_conf"]
+    argv += ["--bind", bind]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
+    return [*argv, "overhead_service:create_app()"]
+
+
+@main.command()
+@click.option("--bind", default="0.0.0.0:8080", show_default=True, help="Address to listen on.")
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes [default: usable CPUs].")
+def serve(bind: str, workers: int | None) -> None:
+    """Run the HTTP API under gunicorn."""
+    argv = gunicorn_argv(bind, workers)
+    sys.stdout.flush()
+    # exec: gunicorn's master becomes this process, so signals (SIGTERM from the kubelet) reach it.
+    os.execv(argv[0], argv)

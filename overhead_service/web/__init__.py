@@ -1,0 +1,17 @@
+"""The HTTP layer: one blueprint per resource, problem+json errors, nothing domain-specific."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from overhead_service.web import errors, health, overhead, spec, tables
+
+__all__ = ["init_app"]
+
+
+def init_app(app: Flask) -> None:
+    """Register the error handlers and every blueprint."""
+    errors.init_app(app)
+    spec.init_app(app)
+    for module in (overhead, tables, health, spec):
+        app.register_blueprint(module.bp)

@@ -1,0 +1,70 @@
+"""What every blueprint needs: the application's domain objects, and JSON bodies in and out."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from flask import Response, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from overhead_service import jsonio
+from overhead_service.service import OverheadService
+from overhead_service.tables import TableRegistry
+from overhead_service.web.errors import MalformedJSON, UnsupportedMediaType
+
+__all__ = ["REGISTRY", "SERVICE", "json_response", "read_body", "read_json", "registry", "service"]
+
+SERVICE = "overhead_service.service"
+REGISTRY = "overhead_service.registry"
+
+
+def service() -> OverheadService:
+    """The application's one :class:`OverheadService` (built by the factory, not per request)."""
+    return cast(OverheadService, current_app.extensions[SERVICE])
+
+
+def registry() -> TableRegistry:
+    """The application's calibration tables."""
+    return cast(TableRegistry, current_app.extensions[REGISTRY])
+
+
+def read_body() -> bytes:
+    """The raw request body; 413 when it is larger than ``MAX_CONTENT_LENGTH``.
+
+    Reads ``wsgi.input`` directly rather than through ``request.get_data()``: the same limits for
+    less work on the hot path, and a chunked body over the limit is refused (Werkzeug cuts it at
+    the limit silently).
+    """
+    environ = request.environ
+    limit = request.max_content_length
+    length = request.content_length
+    if length is not None:
+        if limit is not None and length > limit:
+            raise RequestEntityTooLarge()
+        raw: bytes = environ["wsgi.input"].read(length)
+        return raw
+    if not environ.get("wsgi.input_terminated"):
+        return b""  # neither a length nor a server that ends the stream: nothing is safe to read
+    raw = environ["wsgi.input"].read(-1 if limit is None else limit + 1)
+    if limit is not None and len(raw) > limit:
+        raise RequestEntityTooLarge()
+    return raw
+
+
+def read_json() -> Any:
+    """The request body decoded by :func:`jsonio.loads`; 415 unless it is declared JSON, 400 unless it is."""
+    if not request.is_json:
+        declared = request.mimetype or "none"
+        raise UnsupportedMediaType("", f"Content-Type must be application/json, got {declared}")
+    raw = read_body()
+    try:
+        return jsonio.loads(raw)
+    except RecursionError:
+        raise MalformedJSON("", "request body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
+        raise MalformedJSON("", f"request body is not valid JSON: {exc}") from None
+
+
+def json_response(body: Any, status: int = 200, mimetype: str = "application/json") -> Response:
+    """``body`` encoded by :func:`jsonio.dumps`, the same bytes the CLI prints."""
+    return current_app.response_class(jsonio.dumps(body), status=status, mimetype=mimetype)

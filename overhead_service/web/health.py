@@ -1,0 +1,34 @@
+"""Kubernetes probes: ``/healthz`` (liveness, no dependencies) and ``/readyz`` (readiness)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app
+
+from overhead_service.store import get_store
+from overhead_service.web.common import REGISTRY, SERVICE, json_response
+from overhead_service.web.errors import PROBLEM_JSON, http_problem
+
+__all__ = ["bp"]
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """The process answers. Checks nothing else, so a database blip never restarts the pod."""
+    return json_response({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Ready when the calibration tables are loaded and the database answers."""
+    registry = current_app.extensions.get(REGISTRY)
+    checks = {
+        "tables": "ok" if SERVICE in current_app.extensions and registry and registry.ids() else "failed",
+        "database": "ok" if get_store().ping() else "failed",
+    }
+    if all(state == "ok" for state in checks.values()):
+        return json_response({"status": "ready", "checks": checks})
+    failed = ", ".join(name for name, state in checks.items() if state != "ok")
+    body = http_problem(503, "Service Unavailable", f"not ready: {failed} check failed")
+    return json_response({**body, "checks": checks}, status=503, mimetype=PROBLEM_JSON)
