@@ -50,7 +50,7 @@ _KubernetesYamlLoader.yaml_implicit_resolvers = {
 def load_document(text: bytes) -> Any:
     """A JSON document (decoded like the API decodes it) or, failing that, a YAML one."""
     try:
-        return jsonio.loads(text)
+        return jsonio.loads_exact(text)
     except (ValueError, RecursionError):
         pass
     try:

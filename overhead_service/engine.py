@@ -29,7 +29,7 @@ _GO_ZERO: Final = Quantity(0, 0, Format.NONE)  # Go's Quantity{}
 _INT64_LIMIT: Final = float(2**63)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Evaluation:
     overhead: Quantity
     node_overhead: Quantity
@@ -74,7 +74,7 @@ def _sum(
     parts: list[dict[str, Any]] = []
     flags = features.flags
     for step in plan:
-        if type(step) is Block:
+        if step.__class__ is Block:
             if total is None and acc >= 0 and (acc == 0 or exp == 0) and acc + step.total <= MAX_INT64:
                 if acc == 0:
                     fmt, exp = step.first_format, 0
@@ -84,46 +84,40 @@ def _sum(
             components: tuple[Component, ...] = step.components
         else:
             components = (step,)  # type: ignore[assignment]
-        for component in components:
-            if component.when_arch is not None:
-                if component.when_arch != arch:
+        for c in components:
+            if c.when_arch is not None:
+                if c.when_arch != arch:
                     continue
-            elif (
-                component.when_feature is not None and flags[component.when_feature] is component.when_negate
-            ):
+            elif c.when_feature is not None and flags[c.when_feature] is c.when_negate:
                 continue
-            constant = component.constant
-            if constant is not None:
-                terms: tuple[Quantity, ...] = (constant,)
-            else:
-                assert component.terms is not None
-                terms = component.terms(features)
-                if not terms:
-                    continue
-            subtotal = 0
-            exact = True
-            for term in terms:
-                if total is None and term.exp == 0 and not term.big and (acc == 0 or exp == 0):
-                    value = term.unscaled
+            if total is None and (acc == 0 or exp == 0):
+                # Fast path: a whole number in int64 form, added with Go's format rule by hand.
+                value = c.fast_value
+                if value is not None:
+                    value_format = c.constant.format  # type: ignore[union-attr]
+                elif c.int_term is not None:
+                    value, value_format = c.int_term(features), c.int_format
+                if value is not None:
                     candidate = acc + value
                     if MIN_INT64 <= candidate <= MAX_INT64:
                         if acc == 0:
-                            fmt = term.format  # Go: a zero receiver takes the operand's format
+                            fmt = value_format  # Go: a zero receiver takes the operand's format
                             if value:
                                 exp = 0
                         acc = candidate
-                        subtotal += value
+                        parts.append(c.part if c.part is not None else {"name": c.name, "bytes": value})
                         continue
-                if total is None:
-                    total = Quantity(acc, exp, fmt)
+            terms = c.terms(features) if c.terms is not None else c.quantities(features)
+            if not terms:
+                continue
+            if total is None:
+                total = Quantity(acc, exp, fmt)
+            subtotal = terms[0]
+            total = total.add(subtotal)
+            for term in terms[1:]:
                 total = total.add(term)
-                exact = False
-            if not exact:
-                sub = terms[0]
-                for term in terms[1:]:
-                    sub = sub.add(term)
-                subtotal = sub.value()
-            parts.append({"name": component.name, "bytes": subtotal})
+                subtotal = subtotal.add(term)
+            parts.append({"name": c.name, "bytes": subtotal.value()})
     return (total if total is not None else Quantity(acc, exp, fmt)), parts
 
 
@@ -184,6 +178,9 @@ def evaluate(
         total = total.add(_GO_ZERO.add(_GO_ZERO))  # Go's zero Quantity{} from an empty calculator
     _check_int64(total, InputError, "kubevirtConfiguration.network.binding", "network-binding memory")
 
-    node_total, node_parts = _sum(model.node_plan, features, arch, _ACCUMULATOR)
-    _check_int64(node_total, InputError, "vmi", "the node-level overhead")
+    if model.node_plan:
+        node_total, node_parts = _sum(model.node_plan, features, arch, _ACCUMULATOR)
+        _check_int64(node_total, InputError, "vmi", "the node-level overhead")
+    else:
+        node_total, node_parts = _ACCUMULATOR, []
     return Evaluation(total, node_total, parts, node_parts)

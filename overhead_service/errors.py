@@ -6,6 +6,7 @@
     ├── InputError (ValueError)           the caller's data is wrong; carries the JSON path  -> 422
     │   ├── InvalidQuantity               not a Kubernetes quantity
     │   ├── InvalidRatio                  a ratio Go's ParseFloat rejects, not finite, or overflowing
+    │   ├── InexactNumber                 a quantity arrived as a float: decode again exactly
     │   └── UnknownTable (LookupError)    a table id that does not exist                      -> 404 / 422
     └── TableFormatError                  a calibration table document is malformed
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "InexactNumber",
     "InputError",
     "InvalidQuantity",
     "InvalidRatio",
@@ -67,6 +69,14 @@ class InvalidRatio(InputError):
 
     kind = "invalid-ratio"
     title = "Invalid overhead ratio"
+
+
+class InexactNumber(InvalidQuantity):
+    """A quantity given as a JSON number reached the service as a ``float``.
+
+    The fast JSON decoder loses the exact digits; callers catch this and decode the request again
+    with :func:`overhead_service.jsonio.loads_exact`.
+    """
 
 
 class UnknownTable(InputError, LookupError):

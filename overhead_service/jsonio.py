@@ -1,8 +1,15 @@
 """JSON in and out, the same way for the HTTP API and the CLI.
 
-Numbers with a fraction or exponent decode to :class:`~decimal.Decimal`, so a quantity written as a
-JSON number (``"memory": 1.5e9``) keeps its exact value; ``NaN`` and ``Infinity``, which Python's
-:mod:`json` accepts but JSON does not, are rejected.
+Two decoders:
+
+* :func:`loads` is the fast one (orjson) for the hot path.  A number with a fraction or exponent
+  becomes a ``float``, which is fine everywhere except where a quantity is given as a JSON number:
+  there the service raises :class:`~overhead_service.errors.InexactNumber`, and the caller decodes
+  again with
+* :func:`loads_exact`, which keeps such numbers as :class:`JsonNumber` (exact value and raw text),
+  so that ``"memory": 1.5e9`` parses exactly as Kubernetes parses it.
+
+``NaN`` and ``Infinity``, which Python's :mod:`json` accepts but JSON does not, are rejected by both.
 """
 
 from __future__ import annotations
@@ -11,7 +18,9 @@ import json
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["JsonNumber", "dumps", "loads"]
+import orjson
+
+__all__ = ["JsonNumber", "dumps", "dumps_bytes", "loads", "loads_exact"]
 
 
 # Python refuses to convert integers longer than this (CVE-2020-10735) and json.loads would fail
@@ -59,12 +68,40 @@ _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=_d
 
 
 def loads(raw: str | bytes) -> Any:
-    """Decode one JSON document; raises :class:`ValueError` (or :class:`RecursionError`) when malformed."""
+    """Decode fast; fractional numbers become ``float`` (see the module docstring).
+
+    orjson refuses a few documents that are valid JSON (lone surrogate escapes, integers beyond
+    64 bits, UTF-16 text, very deep nesting); those go to :func:`loads_exact`, which decides.
+    """
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return loads_exact(raw)
+
+
+def loads_exact(raw: str | bytes) -> Any:
+    """Decode one JSON document keeping fractional numbers exact; raises :class:`ValueError` (or
+    :class:`RecursionError`) when malformed."""
     if isinstance(raw, bytes | bytearray):
         raw = raw.decode(json.detect_encoding(raw), "surrogatepass")
     return _DECODER.decode(raw)
 
 
+def dumps_bytes(value: Any) -> bytes:
+    """:func:`dumps` as UTF-8 bytes, without a detour through ``str`` on the hot path."""
+    try:
+        return orjson.dumps(value, default=_default)
+    except TypeError:
+        return _ENCODER.encode(value).encode()
+
+
 def dumps(value: Any) -> str:
-    """Encode compactly, in key order, as ASCII (anything else escaped)."""
-    return _ENCODER.encode(value)
+    """Encode compactly, in key order.
+
+    orjson writes UTF-8; a string it cannot encode (a lone surrogate echoed from the input) sends
+    the whole document to the standard encoder, which escapes everything outside ASCII.
+    """
+    try:
+        return orjson.dumps(value, default=_default).decode()
+    except TypeError:
+        return _ENCODER.encode(value)

@@ -23,7 +23,7 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Any, Final
 
-from .errors import InvalidQuantity
+from .errors import InexactNumber, InvalidQuantity
 
 __all__ = ["Format", "Quantity", "parse_quantity", "quantity_from_json", "wrap_int64"]
 
@@ -412,16 +412,27 @@ _GO_SPACE: Final = (
 )
 
 
+# The same few strings ("1Gi", "4", "2048Mi") arrive in almost every VMI: remember their parse.
+# Quantities are immutable, so sharing them is safe.
+_FROM_STRING: dict[str, Quantity] = {}
+
+
 def quantity_from_json(value: Any) -> Quantity:
     """A quantity as ``UnmarshalJSON`` reads it: a string (whitespace trimmed) or a JSON number.
 
     JSON numbers should arrive as :class:`~overhead_service.jsonio.JsonNumber` (their raw text)
     or ``int``; a plain :class:`~decimal.Decimal` is accepted too.
     """
+    cached = _FROM_STRING.get(value) if type(value) is str else None
+    if cached is not None:
+        return cached
     if isinstance(value, str):
         if len(value) > _MAX_QUANTITY_CHARS:  # the raw string, as the API contract bounds it
             raise InvalidQuantity("", f"quantity is longer than {_MAX_QUANTITY_CHARS} characters")
-        return parse_quantity(value.strip(_GO_SPACE))
+        parsed = parse_quantity(value.strip(_GO_SPACE))
+        if len(_FROM_STRING) < 4096:  # callers choose the strings: keep the memo bounded
+            _FROM_STRING[value] = parsed
+        return parsed
     if isinstance(value, bool):
         raise InvalidQuantity("", "must be a quantity string or number, not a boolean")
     if isinstance(value, int):
@@ -434,7 +445,7 @@ def quantity_from_json(value: Any) -> Quantity:
             raw = str(value)
         return parse_quantity(raw)
     if isinstance(value, float):
-        raise InvalidQuantity("", "JSON numbers must be decoded exactly (use overhead_service.jsonio.loads)")
+        raise InexactNumber("", "a quantity given as a JSON number needs exact decoding (jsonio.loads_exact)")
     raise InvalidQuantity("", f"must be a quantity string or number, not {_json_type(value)}")
 
 

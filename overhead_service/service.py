@@ -35,12 +35,14 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, Final
 
+import orjson
+
 from .engine import evaluate, parse_ratio
-from .errors import InputError, problem
+from .errors import InexactNumber, InputError, problem
 from .hypervisor import HypervisorDecision, NodeFacts, select
 from .quantity import Quantity
 from .tables import Model, TableRegistry
-from .vmi import extract_features, read_quantity
+from .vmi import extract_features, memo_key, read_quantity
 
 __all__ = ["OverheadService"]
 
@@ -139,6 +141,7 @@ class _Cluster:
         return bindings
 
 
+_MEMO_SIZE: Final = 4096
 _NO_CLUSTER: Final = _Cluster(None)
 _NO_NODE: Final = NodeFacts()
 
@@ -168,6 +171,7 @@ class OverheadService:
         default_arch: str = "amd64",
         default_table: str = "kubevirt-v1.9.0",
         default_table_for: Callable[[str, str], str] | None = None,
+        memo: bool = True,
     ) -> None:
         tables.get(default_table)  # fail at start-up, not on the first request
         self.tables = tables
@@ -175,6 +179,10 @@ class OverheadService:
         self.default_table = default_table
         self._default_table_for = default_table_for or (lambda hypervisor, arch: default_table)
         self._models: dict[tuple[str, str, str], tuple[Model, dict[str, Any]]] = {}
+        # Answers by everything they depend on: virt-controller asks about the same few VMI shapes
+        # (templates, instance types) again and again.  Bounded; emptied when full.
+        self._memo: dict[bytes, dict[str, Any]] = {}
+        self._memo_enabled = memo
 
     def compute(self, body: Any) -> dict[str, Any]:
         """Answer one overhead request (see the module docstring); raises :class:`InputError`."""
@@ -186,6 +194,33 @@ class OverheadService:
         vmi = body.get("vmi")
         if vmi is None:
             raise InputError("vmi", "is required: a VirtualMachineInstance as Kubernetes JSON")
+        memo = self._memo_key(body, vmi) if self._memo_enabled else None
+        if memo is not None:
+            found = self._memo.get(memo)
+            if found is not None:
+                return dict(found)
+        answer = self._compute(body, vmi)
+        if memo is not None:
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[memo] = answer
+        return dict(answer)
+
+    def _memo_key(self, body: dict[str, Any], vmi: Any) -> bytes | None:
+        key = memo_key(body, vmi)
+        if key is None:
+            return None
+        try:
+            return orjson.dumps(key)
+        except TypeError:  # exact-decoded numbers, >64-bit integers, lone surrogates: no memo
+            return None
+
+    def forget(self) -> None:
+        """Drop remembered answers (call when the active tables change)."""
+        self._memo.clear()
+        self._models.clear()
+
+    def _compute(self, body: dict[str, Any], vmi: Any) -> dict[str, Any]:
         features = extract_features(vmi)
 
         config_body = body.get("kubevirtConfiguration")
@@ -256,6 +291,8 @@ class OverheadService:
         for index, item in enumerate(items):
             try:
                 answers.append(self.compute(item))
+            except InexactNumber:
+                raise  # the caller decodes the whole batch again, exactly
             except InputError as err:
                 answers.append(problem(err.at(f"items[{index}]"), status=422))
         return answers

@@ -57,6 +57,21 @@ class Component:
     when_negate: bool
     when_arch: str | None
     spec: Mapping[str, Any]
+    # Hot-path shortcuts: a constant that is a whole number in Go's int64 form (with its answer
+    # entry ready-made), or a term computed as such a number without building a Quantity.
+    fast_value: int | None = None
+    part: dict[str, Any] | None = None
+    int_term: Callable[[VmiFeatures], int] | None = None
+    int_format: Format = Format.DECIMAL_SI
+
+    def quantities(self, features: VmiFeatures) -> tuple[Quantity, ...]:
+        """The terms as quantities (the general, exact path)."""
+        if self.constant is not None:
+            return (self.constant,)
+        if self.int_term is not None:
+            return (Quantity(self.int_term(features), 0, self.int_format),)
+        assert self.terms is not None
+        return self.terms(features)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,19 +188,19 @@ def _quantity(spec: Mapping[str, Any], key: str, where: str) -> Quantity:
         raise TableFormatError(f"{where}: '{key}': {err.detail}") from None
 
 
-def _page_tables(divisor: int) -> Terms:
-    def terms(f: VmiFeatures) -> tuple[Quantity, ...]:
+def _page_tables(divisor: int) -> Callable[[VmiFeatures], int]:
+    def term(f: VmiFeatures) -> int:
         # Upstream: NewScaledQuantity(R.ScaledValue(Kilo), Kilo), then Set(Value() / 512).
         kilo_bytes = wrap_int64(f.memory_request.scaled_value(KILO) * 1000)
         quotient = abs(kilo_bytes) // divisor
-        return (Quantity(quotient if kilo_bytes >= 0 else -quotient, 0, Format.DECIMAL_SI),)
+        return quotient if kilo_bytes >= 0 else -quotient
 
-    return terms
+    return term
 
 
-def _per_vcpu(each: Quantity) -> Terms:
+def _per_vcpu(each: Quantity) -> Callable[[VmiFeatures], int]:
     per = each.value()
-    return lambda f: (Quantity(wrap_int64(per * f.vcpus), 0, each.format),)
+    return lambda f: wrap_int64(per * f.vcpus)
 
 
 def _per_guest_byte(coefficient: Fraction) -> Terms:
@@ -232,11 +247,14 @@ def _compile_component(spec: Any, where: str) -> Component:
         raise TableFormatError(f"{where}: 'name' must be a non-empty string")
     where = f"{where} ({name})"
     terms: Terms | None = None
+    int_term: Callable[[VmiFeatures], int] | None = None
+    int_format = Format.DECIMAL_SI
     constant = None
     if term == "fixed":
         constant = _quantity(spec, "quantity", where)
     elif term == "perVcpu":
-        terms = _per_vcpu(_quantity(spec, "quantity", where))
+        each = _quantity(spec, "quantity", where)
+        int_term, int_format = _per_vcpu(each), each.format
     elif term == "perGuestByte":
         try:
             coefficient = Fraction(str(spec.get("coefficient")))
@@ -247,7 +265,7 @@ def _compile_component(spec: Any, where: str) -> Component:
         divisor = spec.get("divisor")
         if type(divisor) is not int or divisor < 1:
             raise TableFormatError(f"{where}: 'divisor' must be a positive integer")
-        terms = _page_tables(divisor)
+        int_term = _page_tables(divisor)
     elif term == "execProbes":
         terms = _exec_probes(_quantity(spec, "perProbe", where), _quantity(spec, "once", where))
     elif term == "reservedOverhead":
@@ -255,7 +273,20 @@ def _compile_component(spec: Any, where: str) -> Component:
     else:
         raise TableFormatError(f"{where}: unknown term {term!r}")
     feature, negate, arch = _compile_when(spec.get("when"), where)
-    return Component(name, constant, terms, feature, negate, arch, dict(spec))
+    fast = constant.unscaled if constant is not None and constant.exp == 0 and not constant.big else None
+    return Component(
+        name,
+        constant,
+        terms,
+        feature,
+        negate,
+        arch,
+        dict(spec),
+        fast_value=fast,
+        part=None if fast is None else {"name": name, "bytes": fast},
+        int_term=int_term,
+        int_format=int_format,
+    )
 
 
 def _compile_model(spec: Any, where: str) -> Model:

@@ -23,7 +23,7 @@ from typing import Any, Final
 from .errors import InputError, InvalidQuantity
 from .quantity import ZERO, Format, Quantity, quantity_from_json
 
-__all__ = ["VmiFeatures", "extract_features", "read_quantity"]
+__all__ = ["VmiFeatures", "downward_metrics_volume", "extract_features", "memo_key", "read_quantity"]
 
 _UINT32_MAX: Final = 2**32 - 1
 _EMPTY: Final[dict[str, Any]] = {}
@@ -133,7 +133,7 @@ def read_quantity(value: Any, path: str) -> Quantity:
     try:
         return quantity_from_json(value)
     except InvalidQuantity as err:
-        raise InvalidQuantity(path, err.detail) from None
+        raise type(err)(path, err.detail) from None
 
 
 def _items(parent: dict[str, Any], key: str, path: str) -> list[dict[str, Any]]:
@@ -176,51 +176,80 @@ def _quantity_at(mapping: dict[str, Any], key: str, path: str) -> Quantity:
     return read_quantity(mapping[key], f"{path}.{key}")
 
 
+def _not_object(path: str) -> InputError:
+    return InputError(path, "must be an object or null")
+
+
 def extract_features(vmi: Any) -> VmiFeatures:
     """Read and validate the fields of ``vmi`` the overhead model uses.
 
-    Written for speed (it runs for every VMI of a 10,000-item batch): absent sections are skipped
-    with one dictionary lookup and JSON paths are only built for an error.
+    Written for speed (it runs for every VMI of a 10,000-item batch): the common shapes are
+    checked inline, absent sections cost one dictionary lookup, and JSON paths are only built for
+    an error.
     """
-    vmi = _object(vmi, "vmi")
-    spec = _object(vmi.get("spec"), _S)
-    domain = _object(spec.get("domain"), _D)
+    if type(vmi) is not dict:
+        raise InputError("vmi", "must be an object")
+    spec = vmi.get("spec")
+    if spec is None:
+        spec = _EMPTY
+    elif type(spec) is not dict:
+        raise _not_object(_S)
+    domain = spec.get("domain")
+    if domain is None:
+        domain = _EMPTY
+    elif type(domain) is not dict:
+        raise _not_object(_D)
 
-    resources = _object(domain.get("resources"), _R)
-    requests = _object(resources.get("requests"), f"{_R}.requests")
-    limits = _object(resources.get("limits"), f"{_R}.limits")
-    mem_req = _quantity_at(requests, "memory", f"{_R}.requests")
-    mem_lim = _quantity_at(limits, "memory", f"{_R}.limits")
-    cpu_req = _quantity_at(requests, "cpu", f"{_R}.requests")
-    cpu_lim = _quantity_at(limits, "cpu", f"{_R}.limits")
+    resources = domain.get("resources")
+    requests: Any
+    limits: Any
+    if resources is None:
+        requests = limits = _EMPTY
+    else:
+        if type(resources) is not dict:
+            raise _not_object(_R)
+        requests = resources.get("requests")
+        if requests is None:
+            requests = _EMPTY
+        elif type(requests) is not dict:
+            raise _not_object(f"{_R}.requests")
+        limits = resources.get("limits")
+        if limits is None:
+            limits = _EMPTY
+        elif type(limits) is not dict:
+            raise _not_object(f"{_R}.limits")
+    mem_req = _quantity_at(requests, "memory", f"{_R}.requests") if requests else ZERO
+    mem_lim = _quantity_at(limits, "memory", f"{_R}.limits") if limits else ZERO
+    cpu_req = _quantity_at(requests, "cpu", f"{_R}.requests") if requests else ZERO
+    cpu_lim = _quantity_at(limits, "cpu", f"{_R}.limits") if limits else ZERO
 
-    cpu = _present(domain, "cpu", _D)
+    cpu = domain.get("cpu")
+    if cpu is not None and type(cpu) is not dict:
+        raise _not_object(_C)
     vcpus = _vcpus(cpu, requests, limits)
     dedicated = cpu is not None and _bool(cpu, "dedicatedCpuPlacement", _C) is True
-    memory_guaranteed = (mem_lim.unscaled != 0) if mem_req.unscaled == 0 else mem_req.cmp(mem_lim) == 0
+    # Memory given only as a limit counts as requested (the API server defaults it so).
+    memory_guaranteed = mem_lim.unscaled != 0 if mem_req.unscaled == 0 else mem_req.cmp(mem_lim) == 0
     guaranteed = memory_guaranteed and cpu_req.unscaled != 0 and cpu_req.cmp(cpu_lim) == 0
 
-    devices = _object(domain.get("devices"), _V)
-    graphics = _bool(devices, "autoattachGraphicsDevice", _V) is not False
-    host_devices, gpus = _items(devices, "hostDevices", _V), _items(devices, "gpus", _V)  # validate both
-    vfio = bool(host_devices or gpus)
-    passt = False
-    names: list[str] = []
-    if devices.get("interfaces") is not None:
-        for index, iface in enumerate(_items(devices, "interfaces", _V)):
-            if not iface:
-                continue
-            if iface.get("sriov") is not None:
-                vfio = _present(iface, "sriov", f"{_V}.interfaces[{index}]") is not None or vfio
-            if iface.get("passtBinding") is not None:
-                passt = _present(iface, "passtBinding", f"{_V}.interfaces[{index}]") is not None or passt
-            if iface.get("binding") is not None:
-                binding = _present(iface, "binding", f"{_V}.interfaces[{index}]") or _EMPTY
-                name = _string(binding, "name", f"{_V}.interfaces[{index}].binding")
-                if name not in names:
-                    names.append(name)
-    tpm_spec = _present(devices, "tpm", _V)
-    tpm = tpm_spec is not None and _bool(tpm_spec, "enabled", f"{_V}.tpm") is not False
+    devices = domain.get("devices")
+    graphics = True
+    vfio = passt = tpm = False
+    names: tuple[str, ...] = ()
+    if devices is not None:
+        if type(devices) is not dict:
+            raise _not_object(_V)
+        graphics = _bool(devices, "autoattachGraphicsDevice", _V) is not False
+        if "hostDevices" in devices or "gpus" in devices:
+            host_devices, gpus = _items(devices, "hostDevices", _V), _items(devices, "gpus", _V)
+            vfio = bool(host_devices or gpus)
+        if devices.get("interfaces") is not None:
+            vfio, passt, names = _interfaces(_items(devices, "interfaces", _V), vfio)
+        tpm_spec = devices.get("tpm")
+        if tpm_spec is not None:
+            if type(tpm_spec) is not dict:
+                raise _not_object(f"{_V}.tpm")
+            tpm = _bool(tpm_spec, "enabled", f"{_V}.tpm") is not False
 
     sev = False
     if domain.get("launchSecurity") is not None:
@@ -230,22 +259,19 @@ def extract_features(vmi: Any) -> VmiFeatures:
         sev = _present(launch, "snp", path) is not None or sev
 
     guest = reserved_overhead = None
-    if domain.get("memory") is not None:
-        memory = _present(domain, "memory", _D) or _EMPTY
+    memory = domain.get("memory")
+    if memory is not None:
+        if type(memory) is not dict:
+            raise _not_object(_M)
         if memory.get("guest") is not None:
             guest = read_quantity(memory["guest"], f"{_M}.guest")
-        reserved = _present(memory, "reservedOverhead", _M) or _EMPTY
-        added = reserved.get("addedOverhead")
-        if added is not None:
-            reserved_overhead = read_quantity(added, f"{_M}.reservedOverhead.addedOverhead")
+        if memory.get("reservedOverhead") is not None:
+            reserved = _present(memory, "reservedOverhead", _M) or _EMPTY
+            added = reserved.get("addedOverhead")
+            if added is not None:
+                reserved_overhead = read_quantity(added, f"{_M}.reservedOverhead.addedOverhead")
 
-    downward = False
-    if spec.get("volumes") is not None:
-        for index, volume in enumerate(_items(spec, "volumes", _S)):
-            if volume.get("downwardMetrics") is not None:
-                downward = (
-                    _present(volume, "downwardMetrics", f"{_S}.volumes[{index}]") is not None or downward
-                )
+    downward = downward_metrics_volume(spec)
 
     liveness = readiness = False
     if spec.get("livenessProbe") is not None:
@@ -254,6 +280,12 @@ def extract_features(vmi: Any) -> VmiFeatures:
     if spec.get("readinessProbe") is not None:
         probe = _present(spec, "readinessProbe", _S) or _EMPTY
         readiness = _present(probe, "exec", f"{_S}.readinessProbe") is not None
+
+    architecture = spec.get("architecture")
+    if architecture is None:
+        architecture = ""
+    elif type(architecture) is not str:
+        raise InputError(f"{_S}.architecture", "must be a string")
 
     if guest is None:
         guest = mem_req if mem_req.unscaled != 0 else mem_lim
@@ -285,8 +317,87 @@ def extract_features(vmi: Any) -> VmiFeatures:
         dedicated,
         guaranteed,
         reserved_overhead,
-        _string(spec, "architecture", _S),
+        architecture,
         passt,
-        tuple(names),
+        names,
         flags,
     )
+
+
+def downward_metrics_volume(spec: dict[str, Any]) -> bool:
+    """Whether ``spec.volumes`` has a downward-metrics volume (validating the list as it goes)."""
+    downward = False
+    if spec.get("volumes") is not None:
+        for index, volume in enumerate(_items(spec, "volumes", _S)):
+            if volume.get("downwardMetrics") is not None:
+                path = f"{_S}.volumes[{index}]"
+                downward = _present(volume, "downwardMetrics", path) is not None or downward
+    return downward
+
+
+def memo_key(body: dict[str, Any], vmi: Any) -> tuple[Any, ...] | None:
+    """Everything an answer depends on, from a request body, or None when it cannot be had cheaply.
+
+    The tuple holds exactly the VMI fields :func:`extract_features` reads (the volumes reduced to
+    the one fact read from them) and the request's other fields; equal tuples give equal answers.
+    """
+    if type(vmi) is not dict:
+        return None
+    spec = vmi.get("spec")
+    if spec is None:
+        spec = _EMPTY
+    elif type(spec) is not dict:
+        return None
+    domain = spec.get("domain")
+    if domain is None:
+        domain = _EMPTY
+    elif type(domain) is not dict:
+        return None
+    devices = domain.get("devices")
+    if devices is None:
+        devices = _EMPTY
+    elif type(devices) is not dict:
+        return None
+    try:
+        downward = downward_metrics_volume(spec)
+    except InputError:
+        return None
+    return (
+        body.get("cpuArch"),
+        body.get("hypervisor"),
+        body.get("table"),
+        body.get("kubevirtConfiguration"),
+        body.get("node"),
+        domain.get("resources"),
+        domain.get("cpu"),
+        devices.get("autoattachGraphicsDevice"),
+        devices.get("hostDevices"),
+        devices.get("gpus"),
+        devices.get("interfaces"),
+        devices.get("tpm"),
+        domain.get("launchSecurity"),
+        domain.get("memory"),
+        spec.get("livenessProbe"),
+        spec.get("readinessProbe"),
+        spec.get("architecture"),
+        downward,
+    )
+
+
+def _interfaces(interfaces: list[dict[str, Any]], vfio: bool) -> tuple[bool, bool, tuple[str, ...]]:
+    """(VFIO from SR-IOV, passt, distinct binding names) from ``devices.interfaces``."""
+    passt = False
+    names: list[str] = []
+    for index, iface in enumerate(interfaces):
+        if not iface:
+            continue
+        if iface.get("sriov") is not None:
+            vfio = _present(iface, "sriov", f"{_V}.interfaces[{index}]") is not None or vfio
+        if iface.get("passtBinding") is not None:
+            passt = _present(iface, "passtBinding", f"{_V}.interfaces[{index}]") is not None or passt
+        if iface.get("binding") is not None:
+            binding = _present(iface, "binding", f"{_V}.interfaces[{index}]") or _EMPTY
+            name = _string(binding, "name", f"{_V}.interfaces[{index}].binding")
+            if name not in names:
+                names.append(name)
+    return vfio, passt, tuple(names)

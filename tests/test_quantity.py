@@ -26,7 +26,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from overhead_service import jsonio
-from overhead_service.errors import InvalidQuantity
+from overhead_service.errors import InexactNumber, InvalidQuantity
 from overhead_service.quantity import (
     KILO,
     MAX_INT64,
@@ -235,7 +235,7 @@ def test_quantity_from_json(raw: object, value: Fraction | int, fmt: Format, big
     ],
 )
 def test_quantity_from_json_number_keeps_go_format(document: str, value: Fraction | int, fmt: Format) -> None:
-    q = quantity_from_json(jsonio.loads(document)["q"])
+    q = quantity_from_json(jsonio.loads_exact(document)["q"])
     assert value_of(q) == value
     assert q.format is fmt
 
@@ -837,3 +837,10 @@ def test_property_scaled_value(case: Case, scale: int) -> None:
         # remainder; exact only while the unscaled nano value fits int64 (big.Int.Int64()).
         assume(case.value.scaleb(9) >= MIN and case.value != -MAX)
         assert q.scaled_value(scale) == truncated + (0 if scaled == truncated else 1)
+
+
+def test_fast_decoding_hands_fractional_numbers_back_for_exact_decoding() -> None:
+    """The hot-path decoder yields a float; the quantity parser refuses to guess its digits."""
+    with pytest.raises(InexactNumber):
+        quantity_from_json(jsonio.loads('{"q": 1.5e9}')["q"])
+    assert quantity_from_json(jsonio.loads('{"q": 1500000000}')["q"]).value() == 1_500_000_000

@@ -6,10 +6,15 @@ Per request: check the media type, decode, compute, encode. No schema library an
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 from flask import Blueprint, Response
 
 from overhead_service.errors import InputError
-from overhead_service.web.common import json_response, read_json, service
+from overhead_service.web.common import answer_json, json_response, service
 
 __all__ = ["bp"]
 
@@ -21,16 +26,34 @@ _BATCH_FIELDS = frozenset({"items"})
 @bp.post("")
 def compute() -> Response:
     """The overhead of one VMI."""
-    return json_response(service().compute(read_json()))
+    return json_response(answer_json(service().compute))
 
 
 @bp.post("/batch")
 def compute_batch() -> Response:
     """``{"items": [request, ...]}``: the answers in order, a problem document in place of each bad item."""
-    body = read_json()
+    # A 10,000-item batch decodes into ~300,000 containers; the cyclic garbage collector would walk
+    # them again and again while they are young (measured: decoding 5x slower).  Nothing here makes
+    # reference cycles, so reference counting frees it all; the collector resumes afterwards.
+    with gc_paused():
+        return json_response({"items": answer_json(_batch)})
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _batch(body: Any) -> list[dict[str, Any]]:
     if type(body) is not dict:
         raise InputError("", "the request must be a JSON object with an 'items' array")
     unknown = body.keys() - _BATCH_FIELDS
     if unknown:
         raise InputError(sorted(unknown)[0], "unknown field; allowed: items")
-    return json_response({"items": service().compute_batch(body.get("items"))})
+    return service().compute_batch(body.get("items"))
