@@ -31,7 +31,7 @@ Bad input raises :class:`~overhead_service.errors.InputError` with the JSON path
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any, Final
 
@@ -158,8 +158,8 @@ def _decide(
 class OverheadService:
     """Computes overhead answers from a :class:`TableRegistry`.
 
-    ``default_table_for(hypervisor, arch)`` names the table used when a request names none (the
-    active table); by default it is ``default_table`` for everything.
+    A request that names no table gets the *active* table for its hypervisor and architecture
+    (:meth:`set_active`; an ``arch`` of ``"*"`` covers every architecture), else ``default_table``.
     """
 
     MAX_BATCH: Final = 10_000
@@ -170,14 +170,14 @@ class OverheadService:
         *,
         default_arch: str = "amd64",
         default_table: str = "kubevirt-v1.9.0",
-        default_table_for: Callable[[str, str], str] | None = None,
         memo: bool = True,
     ) -> None:
         tables.get(default_table)  # fail at start-up, not on the first request
         self.tables = tables
         self.default_arch = default_arch
         self.default_table = default_table
-        self._default_table_for = default_table_for or (lambda hypervisor, arch: default_table)
+        self._active: dict[tuple[str, str], str] = {}
+        self._generation = 0  # part of every memo key: answers never outlive an activation
         self._models: dict[tuple[str, str, str], tuple[Model, dict[str, Any]]] = {}
         # Answers by everything they depend on: virt-controller asks about the same few VMI shapes
         # (templates, instance types) again and again.  Bounded; emptied when full.
@@ -211,14 +211,30 @@ class OverheadService:
         if key is None:
             return None
         try:
-            return orjson.dumps(key)
+            return orjson.dumps((self._generation, key))
         except TypeError:  # exact-decoded numbers, >64-bit integers, lone surrogates: no memo
             return None
 
     def forget(self) -> None:
-        """Drop remembered answers (call when the active tables change)."""
+        """Drop remembered answers."""
         self._memo.clear()
-        self._models.clear()
+
+    def set_active(self, active: Mapping[tuple[str, str], str]) -> None:
+        """Make ``active`` ((hypervisor, arch) -> table id) the tables requests get by default."""
+        for table_id in active.values():
+            self.tables.get(table_id)  # an unknown id is an error here, not on a request
+        self._active = dict(active)
+        self._generation += 1
+        self._memo.clear()
+
+    @property
+    def active(self) -> dict[tuple[str, str], str]:
+        return dict(self._active)
+
+    def table_for(self, hypervisor: str, arch: str) -> str:
+        """The table a request for ``hypervisor`` on ``arch`` gets when it names none."""
+        active = self._active
+        return active.get((hypervisor, arch)) or active.get((hypervisor, "*")) or self.default_table
 
     def _compute(self, body: dict[str, Any], vmi: Any) -> dict[str, Any]:
         features = extract_features(vmi)
@@ -254,7 +270,7 @@ class OverheadService:
 
         table_id = _optional_string(body, "table", "table", 200)
         if table_id is None:
-            table_id = self._default_table_for(decision[0].name, arch)
+            table_id = self.table_for(decision[0].name, arch)
         model, table_json = self._model(table_id, decision[0].name, arch)
         result = evaluate(model, features, arch, cluster.ratio, cluster.bindings)
         return {

@@ -59,7 +59,7 @@ def registry() -> TableRegistry:
 
 
 def test_builtin_ids(registry: TableRegistry) -> None:
-    assert registry.ids() == ["kubevirt-v1.9.0", "kubevirt-main"]
+    assert registry.ids() == ["kubevirt-v1.9.0", "kubevirt-main", "mshv-l1vh-provisional"]
     assert "kubevirt-main" in registry
     assert "kubevirt-v1.9.0" in registry
     assert "kubevirt-v1.8.0" not in registry
