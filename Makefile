@@ -10,9 +10,10 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 BIND ?= 0.0.0.0:$(PORT)
 
-# Debian packages beyond Python, installed when missing: what the test suite needs (later issues add
-# PostgreSQL, QEMU ... here), and what the benchmark uses (wrk; it falls back to a Python client).
-TEST_SYSTEM_PACKAGES ?=
+# Debian packages beyond Python, installed when missing: what the test suite needs (PostgreSQL 15
+# server binaries: the tests start a throwaway cluster of their own, see tests/pg.py), and what the
+# benchmark uses (wrk; it falls back to a Python client).
+TEST_SYSTEM_PACKAGES ?= postgresql-15
 BENCH_SYSTEM_PACKAGES ?= wrk
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
@@ -26,13 +27,15 @@ missing="$$(for p in $(1); do dpkg -s "$$p" >/dev/null 2>&1 || echo "$$p"; done)
 	fi
 endef
 
-.PHONY: help serve test lint bench venv install install-test system-deps bench-deps clean
+.PHONY: help serve test lint bench bench-ingest init-db venv install install-test system-deps bench-deps clean
 
 help:
 	@echo "make serve   run overhead-service on $(BIND) (SQLite under var/)"
 	@echo "make test    install test dependencies, then ruff, mypy and pytest"
 	@echo "make lint    ruff check, ruff format --check, mypy"
 	@echo "make bench   run benchmarks/bench_overhead.py"
+	@echo "make bench-ingest  run benchmarks/bench_ingest.py (SQLite and a throwaway PostgreSQL)"
+	@echo "make init-db create or upgrade the database schema (DATABASE_URL; serve does it too)"
 
 # --- environments -----------------------------------------------------------------------------
 
@@ -78,6 +81,12 @@ test: lint
 
 bench: install bench-deps
 	$(BIN)/python benchmarks/bench_overhead.py
+
+bench-ingest: install-test
+	$(BIN)/python benchmarks/bench_ingest.py
+
+init-db: install
+	$(BIN)/overhead-service init-db
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

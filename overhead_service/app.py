@@ -11,6 +11,7 @@ from overhead_service import config as settings
 from overhead_service import store, web
 from overhead_service.service import OverheadService
 from overhead_service.tables import TableRegistry
+from overhead_service.web import sync
 from overhead_service.web.common import REGISTRY, SERVICE
 
 __all__ = ["create_app"]
@@ -34,4 +35,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     store.init_app(app)
     web.init_app(app)
+    # Stored tables and the active choice: loaded now, then polled (never on the hot path).
+    sync.init_app(app, store.get_store(app), registry, app.extensions[SERVICE])
     return app

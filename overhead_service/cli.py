@@ -1,4 +1,4 @@
-"""The ``overhead-service`` command: ``serve``, ``compute FILE`` and ``tables``.
+"""The ``overhead-service`` command: ``serve``, ``init-db``, ``compute FILE`` and ``tables``.
 
 ``compute`` prints exactly the JSON that ``POST /v1/overhead`` answers for the same input, and a
 bad input prints the same problem document (to stderr, exit status 2).
@@ -9,17 +9,22 @@ from __future__ import annotations
 import os
 import sys
 from decimal import Decimal, InvalidOperation
-from typing import IO, Any, NoReturn
+from typing import IO, Any, NoReturn, cast
 
 import click
 import yaml
+from flask import Flask
+from sqlalchemy import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from overhead_service import config as settings
 from overhead_service import jsonio
 from overhead_service.errors import InputError, problem
 from overhead_service.service import OverheadService
-from overhead_service.tables import TableRegistry
+from overhead_service.store import Store
+from overhead_service.web.common import SERVICE
 from overhead_service.web.errors import status_of
+from overhead_service.web.tables import table_listing
 
 __all__ = ["gunicorn_argv", "load_document", "main", "request_body"]
 
@@ -80,12 +85,17 @@ def request_body(
     return body
 
 
+def _app() -> Flask:
+    """The web application's objects, for the same answers: settings (``OVERHEAD_*``), stored
+    tables and the active ones (read once; a database that cannot be reached leaves the built-in
+    tables and the default)."""
+    from overhead_service.app import create_app  # the CLI's other commands need no Flask app
+
+    return create_app({"SYNC_SECONDS": 0})
+
+
 def _service() -> OverheadService:
-    # The same settings (OVERHEAD_DEFAULT_ARCH, OVERHEAD_DEFAULT_TABLE) as the web application.
-    config = settings.resolve()
-    return OverheadService(
-        TableRegistry.builtin(), default_arch=config["DEFAULT_ARCH"], default_table=config["DEFAULT_TABLE"]
-    )
+    return cast(OverheadService, _app().extensions[SERVICE])
 
 
 def _fail(error: InputError) -> NoReturn:
@@ -126,14 +136,36 @@ def compute(
 @click.option("--json", "as_json", is_flag=True, help="Print what GET /v1/tables answers.")
 def tables(as_json: bool) -> None:
     """List the calibration tables."""
-    config = settings.resolve()
-    summaries = TableRegistry.builtin().summaries()
+    app = _app()
+    listing = table_listing(app)
     if as_json:
-        click.echo(jsonio.dumps({"default": config["DEFAULT_TABLE"], "tables": summaries}))
+        click.echo(jsonio.dumps(listing))
         return
-    for summary in summaries:
-        marker = " (default)" if summary["id"] == config["DEFAULT_TABLE"] else ""
-        click.echo(f"{summary['id']}{marker}\t{summary['title']}")
+    active: dict[str, list[str]] = {}
+    for entry in listing["active"]:
+        active.setdefault(entry["table"], []).append(f"{entry['hypervisor']}/{entry['arch']}")
+    for summary in listing["tables"]:
+        marks = [" (default)"] if summary["id"] == listing["default"] else []
+        marks += [f" (active: {', '.join(active[summary['id']])})"] if summary["id"] in active else []
+        click.echo(f"{summary['id']}{''.join(marks)}\t{summary['title']}")
+
+
+@main.command("init-db")
+@click.option("--database-url", help="SQLAlchemy URL  [default: the DATABASE_URL setting]")
+def init_db(database_url: str | None) -> None:
+    """Create the database schema, or upgrade it to this version; safe to run again."""
+    url = database_url or settings.resolve()["DATABASE_URL"]
+    shown = make_url(url).render_as_string(hide_password=True)
+    store = Store(url)
+    try:
+        store.create_schema()
+        version = store.schema_version()
+    except (SQLAlchemyError, RuntimeError) as exc:
+        click.echo(f"init-db: cannot create the schema in {shown}: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        store.dispose()
+    click.echo(f"schema version {version} ready in {shown}")
 
 
 def gunicorn_argv(bind: str, workers: int | None) -> list[str]:

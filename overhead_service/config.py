@@ -4,6 +4,16 @@
 - ``DEFAULT_ARCH``: ``cpuArch`` when a request names none; default ``amd64``.
 - ``DEFAULT_TABLE``: calibration table when a request names none; default ``kubevirt-v1.9.0``.
 - ``MAX_CONTENT_LENGTH``: largest accepted request body in bytes; default 32 MiB.
+- ``TOKENS_FILE``: path of a JSON file of bearer tokens for writes,
+  ``{"tokens": [{"name": "bench-ci", "role": "ingest", "token": "..."}]}``; default none.
+- ``TOKENS``: the same JSON document inline (e.g. from a Kubernetes Secret in the environment);
+  default none. Tokens from both are used. With neither, every write is refused
+  (:mod:`overhead_service.web.auth`).
+- ``SYNC_SECONDS``: how often each worker polls the database for new tables and activations;
+  default 2 (0 turns polling off: tests refresh explicitly).
+- ``FIT_TARGET``: the coverage a fit aims for when the request names none; default 0.995.
+- ``ACTIVATION_MIN_SAMPLES``: fewest samples behind a fit that may be activated unforced;
+  default 250 (a fit at the default target with 5 folds needs 249).
 
 ``<root>`` is the source checkout when the package runs from one (``make serve``), else the
 current directory. Keys of the mapping that are not listed here (``TESTING`` …) go to Flask as they are.
@@ -19,7 +29,17 @@ from typing import Any
 __all__ = ["ENV_PREFIX", "KEYS", "default_database_url", "resolve"]
 
 ENV_PREFIX = "OVERHEAD_"
-KEYS = ("DATABASE_URL", "DEFAULT_ARCH", "DEFAULT_TABLE", "MAX_CONTENT_LENGTH")
+KEYS = (
+    "DATABASE_URL",
+    "DEFAULT_ARCH",
+    "DEFAULT_TABLE",
+    "MAX_CONTENT_LENGTH",
+    "TOKENS",
+    "TOKENS_FILE",
+    "SYNC_SECONDS",
+    "FIT_TARGET",
+    "ACTIVATION_MIN_SAMPLES",
+)
 
 
 def _root() -> Path:
@@ -41,6 +61,11 @@ def _defaults() -> dict[str, Any]:
         "DEFAULT_ARCH": "amd64",
         "DEFAULT_TABLE": "kubevirt-v1.9.0",
         "MAX_CONTENT_LENGTH": 32 * 1024 * 1024,
+        "TOKENS": None,
+        "TOKENS_FILE": None,
+        "SYNC_SECONDS": 2.0,
+        "FIT_TARGET": 0.995,
+        "ACTIVATION_MIN_SAMPLES": 250,
     }
 
 
@@ -55,6 +80,18 @@ def _max_content_length(value: Any, source: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{source} must be a positive whole number of bytes, got {value!r}")
     return value
+
+
+def _number(value: Any, source: str, low: float, high: float) -> float:
+    """A number in [low, high]; environment variables arrive as strings."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ValueError(f"{source} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ValueError(f"{source} must be a number between {low} and {high}, got {value!r}")
+    return float(value)
 
 
 def resolve(
@@ -76,5 +113,11 @@ def resolve(
     settings["MAX_CONTENT_LENGTH"] = _max_content_length(
         settings["MAX_CONTENT_LENGTH"], sources["MAX_CONTENT_LENGTH"]
     )
+    settings["SYNC_SECONDS"] = _number(settings["SYNC_SECONDS"], sources["SYNC_SECONDS"], 0.0, 3600.0)
+    settings["FIT_TARGET"] = _number(settings["FIT_TARGET"], sources["FIT_TARGET"], 0.5, 0.9999)
+    minimum = _number(settings["ACTIVATION_MIN_SAMPLES"], sources["ACTIVATION_MIN_SAMPLES"], 1, 10**9)
+    if minimum != int(minimum):
+        raise ValueError(f"{sources['ACTIVATION_MIN_SAMPLES']} must be a whole number")
+    settings["ACTIVATION_MIN_SAMPLES"] = int(minimum)
     settings.update(config)
     return settings

@@ -21,7 +21,7 @@ from .quantity import KILO, MAX_INT64, MIN_INT64, Format, Quantity
 from .tables import Block, Component, Model, Step
 from .vmi import VmiFeatures
 
-__all__ = ["Evaluation", "evaluate", "parse_ratio"]
+__all__ = ["Evaluation", "evaluate", "parse_ratio", "sum_plan"]
 
 RATIO_PATH: Final = "kubevirtConfiguration.additionalGuestMemoryOverheadRatio"
 _ACCUMULATOR: Final = Quantity.scaled(0, KILO)  # upstream: NewScaledQuantity(0, Kilo)
@@ -60,7 +60,7 @@ def parse_ratio(text: str | None) -> float | None:
     return ratio
 
 
-def _sum(
+def sum_plan(
     plan: tuple[Step, ...], features: VmiFeatures, arch: str, start: Quantity
 ) -> tuple[Quantity, list[dict[str, Any]]]:
     """Add the components' terms in order, exactly as repeated ``Quantity.Add`` calls would.
@@ -155,7 +155,7 @@ def evaluate(
     ``bindings`` maps each registered network-binding plugin to its memory request (None when the
     plugin declares none).
     """
-    total, parts = _sum(model.plan, features, arch, _ACCUMULATOR)
+    total, parts = sum_plan(model.plan, features, arch, _ACCUMULATOR)
     _check_int64(
         total, InputError, "vmi.spec.domain.memory.reservedOverhead.addedOverhead", "the reserved overhead"
     )
@@ -179,7 +179,7 @@ def evaluate(
     _check_int64(total, InputError, "kubevirtConfiguration.network.binding", "network-binding memory")
 
     if model.node_plan:
-        node_total, node_parts = _sum(model.node_plan, features, arch, _ACCUMULATOR)
+        node_total, node_parts = sum_plan(model.node_plan, features, arch, _ACCUMULATOR)
         _check_int64(node_total, InputError, "vmi", "the node-level overhead")
     else:
         node_total, node_parts = _ACCUMULATOR, []

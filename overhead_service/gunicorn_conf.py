@@ -7,12 +7,18 @@ connections, and a slow client holds a thread rather than a whole process.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from gunicorn.config import KNOWN_SETTINGS  # type: ignore[import-untyped]  # gunicorn ships no types
 
-__all__ = ["cpu_count", "default_workers"]
+# Underscored: gunicorn reads every module-level name that is one of its settings.
+from overhead_service.config import resolve as _resolve_settings
+from overhead_service.store import Store as _Store
+
+__all__ = ["cpu_count", "default_workers", "on_starting"]
 
 
 def cpu_count() -> int:
@@ -52,6 +58,23 @@ if os.path.isdir("/dev/shm"):
 # gunicorn >= 25.1 opens a control socket under $HOME by default; a container needs none.
 if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
     control_socket_disable = True
+
+
+def on_starting(server: Any) -> None:
+    """In the master, before any worker forks: create or upgrade the database schema, once.
+
+    A failure (database unreachable, schema newer than the code) stops gunicorn: the pod restarts
+    and tries again, rather than serving without a schema.
+    """
+    store = _Store(_resolve_settings()["DATABASE_URL"])
+    try:
+        store.create_schema()
+    except Exception:
+        logging.getLogger("gunicorn.error").exception("cannot create the database schema")
+        raise
+    finally:
+        store.dispose()  # no connection may cross the fork
+
 
 accesslog = None  # no log line per request on the VM-start hot path
 errorlog = "-"

@@ -38,7 +38,7 @@ from typing import Any, Final
 import orjson
 
 from .engine import evaluate, parse_ratio
-from .errors import InexactNumber, InputError, problem
+from .errors import InexactNumber, InputError, NotInTable, problem
 from .hypervisor import HypervisorDecision, NodeFacts, select
 from .quantity import Quantity
 from .tables import Model, TableRegistry
@@ -291,7 +291,7 @@ class OverheadService:
             table = self.tables.get(table_id)
             model = table.model_for(hypervisor, arch)
             if model is None:
-                raise InputError("table", f"table {table.id!r} has no model for {hypervisor} on {arch!r}")
+                raise NotInTable("table", f"table {table.id!r} has no model for {hypervisor} on {arch!r}")
             found = (model, {"id": table.id, "provisional": model.provisional})
             if len(self._models) < 1024:  # arch strings come from callers: keep the memo bounded
                 self._models[key] = found

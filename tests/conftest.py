@@ -1,7 +1,18 @@
-"""Shared fixtures: a fresh application (and SQLite database) per test, its client and CLI runner."""
+"""Shared fixtures: a fresh application (and SQLite database) per test, its client and CLI runner;
+bearer tokens; a throwaway PostgreSQL cluster for the tests that run on both databases.
+
+- ``app_factory`` / ``app`` / ``client``: the schema is created first (as ``init-db`` would), and
+  two tokens are configured: ``INGEST_TOKEN`` (role ingest) and ``ADMIN_TOKEN`` (role admin);
+  ``ingest_auth`` and ``admin_auth`` are their ``Authorization`` headers. Pass ``TOKENS=None``
+  for an application without tokens.
+- ``database_url``: parametrized over ``sqlite`` and ``postgresql``; a fresh empty database (no
+  schema) per test. The PostgreSQL cluster (``postgres``, session-scoped) starts on first use,
+  and a failure to start fails those tests: nothing is skipped.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,9 +21,12 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy.exc import SQLAlchemyError
 
 from overhead_service import config, create_app
 from overhead_service.store import get_store
+from tests.pg import PostgresCluster
+from tests.support import ADMIN_TOKEN, INGEST_TOKEN, TOKENS, create_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,6 +46,8 @@ _VMI: dict[str, Any] = {
 
 AppFactory = Callable[..., Flask]
 
+BACKENDS = ("sqlite", "postgresql")
+
 
 @pytest.fixture(autouse=True)
 def _no_overhead_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,12 +58,21 @@ def _no_overhead_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def app_factory(tmp_path: Path) -> Iterator[AppFactory]:
-    """``create_app`` with a per-test SQLite database; keyword arguments override settings."""
+    """``create_app`` with a per-test SQLite database (schema created) and the test tokens;
+    keyword arguments override settings."""
     apps: list[Flask] = []
 
     def factory(**overrides: Any) -> Flask:
-        settings: dict[str, Any] = {"TESTING": True, "DATABASE_URL": f"sqlite:///{tmp_path / 'overhead.db'}"}
+        settings: dict[str, Any] = {
+            "TESTING": True,
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'overhead.db'}",
+            "TOKENS": TOKENS,
+            "SYNC_SECONDS": 0,  # no polling thread per test app; tests call refresh() themselves
+        }
         settings.update(overrides)
+        # As init-db would; a database that cannot be opened is what some tests are about.
+        with contextlib.suppress(SQLAlchemyError):
+            create_schema(settings["DATABASE_URL"])
         apps.append(create_app(settings))
         return apps[-1]
 
@@ -69,6 +94,37 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def runner(app: Flask) -> FlaskCliRunner:
     return app.test_cli_runner()
+
+
+@pytest.fixture
+def ingest_auth() -> dict[str, str]:
+    """The ``Authorization`` header of the test token with role ``ingest``."""
+    return {"Authorization": f"Bearer {INGEST_TOKEN}"}
+
+
+@pytest.fixture
+def admin_auth() -> dict[str, str]:
+    """The ``Authorization`` header of the test token with role ``admin``."""
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A PostgreSQL 15 cluster of its own for the whole session, stopped and deleted at the end."""
+    with PostgresCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database on each backend: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    url = cluster.create_database()
+    yield url
+    cluster.drop_database(url)
 
 
 @pytest.fixture

@@ -29,6 +29,11 @@ def test_defaults_when_nothing_is_set() -> None:
         "DEFAULT_ARCH": "amd64",
         "DEFAULT_TABLE": "kubevirt-v1.9.0",
         "MAX_CONTENT_LENGTH": 32 * 1024 * 1024,
+        "TOKENS": None,
+        "TOKENS_FILE": None,
+        "SYNC_SECONDS": 2.0,
+        "FIT_TARGET": 0.995,
+        "ACTIVATION_MIN_SAMPLES": 250,
     }
 
 
@@ -135,7 +140,10 @@ def test_healthz(client: FlaskClient) -> None:
 def test_readyz_when_ready(client: FlaskClient) -> None:
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ready", "checks": {"tables": "ok", "database": "ok"}}
+    assert response.get_json() == {
+        "status": "ready",
+        "checks": {"tables": "ok", "database": "ok", "schema": "ok"},
+    }
 
 
 def test_readyz_503_when_database_unreachable(app_factory: AppFactory, tmp_path: Path) -> None:
@@ -149,9 +157,39 @@ def test_readyz_503_when_database_unreachable(app_factory: AppFactory, tmp_path:
     assert response.mimetype == "application/problem+json"
     body = response.get_json()
     assert body["status"] == 503
-    assert body["checks"] == {"tables": "ok", "database": "failed"}
+    assert body["checks"] == {"tables": "ok", "database": "failed", "schema": "failed"}
     assert "database" in body["detail"]
 
     # Liveness does not depend on the database, and neither does the hot path.
     assert client.get("/healthz").status_code == 200
     assert client.post("/v1/overhead", json={"vmi": {}}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("SYNC_SECONDS", "-1"),
+        ("SYNC_SECONDS", "soon"),
+        ("FIT_TARGET", "1.5"),
+        ("ACTIVATION_MIN_SAMPLES", "2.5"),
+    ],
+)
+def test_bad_numeric_settings_are_refused(key: str, value: str) -> None:
+    with pytest.raises(ValueError, match=key):
+        config.resolve({}, environ={f"OVERHEAD_{key}": value})
+
+
+def test_numeric_settings_from_the_environment() -> None:
+    settings = config.resolve(
+        {},
+        environ={
+            "OVERHEAD_SYNC_SECONDS": "0.5",
+            "OVERHEAD_FIT_TARGET": "0.99",
+            "OVERHEAD_ACTIVATION_MIN_SAMPLES": "100",
+        },
+    )
+    assert (settings["SYNC_SECONDS"], settings["FIT_TARGET"], settings["ACTIVATION_MIN_SAMPLES"]) == (
+        0.5,
+        0.99,
+        100,
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from overhead_service.web import errors, health, overhead, spec, tables
+from overhead_service.web import activations, auth, errors, fits, health, measurements, overhead, spec, tables
 
 __all__ = ["init_app"]
 
@@ -12,6 +12,7 @@ __all__ = ["init_app"]
 def init_app(app: Flask) -> None:
     """Register the error handlers and every blueprint."""
     errors.init_app(app)
+    auth.init_app(app)
     spec.init_app(app)
-    for module in (overhead, tables, health, spec):
+    for module in (overhead, tables, fits, activations, measurements, health, spec):
         app.register_blueprint(module.bp)

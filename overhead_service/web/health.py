@@ -21,11 +21,18 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Ready when the calibration tables are loaded and the database answers."""
+    """Ready when the calibration tables are loaded, the database answers and has the schema.
+
+    The schema is created once, before the workers start (``overhead-service init-db`` or
+    gunicorn's ``on_starting``), never by the application itself: until then, ``schema`` fails.
+    """
     registry = current_app.extensions.get(REGISTRY)
+    store = get_store()
+    database = store.ping()
     checks = {
         "tables": "ok" if SERVICE in current_app.extensions and registry and registry.ids() else "failed",
-        "database": "ok" if get_store().ping() else "failed",
+        "database": "ok" if database else "failed",
+        "schema": "ok" if database and store.schema_ready() else "failed",
     }
     if all(state == "ok" for state in checks.values()):
         return json_response({"status": "ready", "checks": checks})

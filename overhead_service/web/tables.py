@@ -1,28 +1,174 @@
-"""``GET /v1/tables`` and ``GET /v1/tables/<id>``: the calibration tables the service can use."""
+"""Calibration tables: list, read, evaluate against measurements, activate, roll back.
+
+Reads are open; activation and rollback need the ``admin`` role and are recorded (who, when, why,
+which table was active before).  The worker that handled the change applies it at once; every
+other worker and replica within ``SYNC_SECONDS`` (:mod:`overhead_service.web.sync`).
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app
+from typing import Any
 
-from overhead_service.errors import UnknownTable
-from overhead_service.web.common import json_response, registry
+from flask import Blueprint, Flask, Response, current_app
+
+from overhead_service import calibration, fitting
+from overhead_service.errors import Conflict, InputError, UnknownTable
+from overhead_service.measurements import validate_batch
+from overhead_service.store import get_store
+from overhead_service.web.auth import require_role
+from overhead_service.web.common import json_response, read_json, registry, service
 from overhead_service.web.errors import problem_response
+from overhead_service.web.selectors import measurement_selector
+from overhead_service.web.sync import get_sync
 
-__all__ = ["bp"]
+__all__ = ["bp", "table_listing"]
 
 bp = Blueprint("tables", __name__, url_prefix="/v1/tables")
 
 
+def _active_list() -> list[dict[str, str]]:
+    active = service().active
+    return [{"hypervisor": hv, "arch": arch, "table": table} for (hv, arch), table in sorted(active.items())]
+
+
+def table_listing(app: Flask) -> dict[str, Any]:
+    """What ``GET /v1/tables`` answers (the CLI prints the same)."""
+    with app.app_context():
+        return {
+            "default": app.config["DEFAULT_TABLE"],
+            "active": _active_list(),
+            "tables": registry().summaries(),
+        }
+
+
 @bp.get("")
 def list_tables() -> Response:
-    """A summary of every table, and the one requests use when they name none."""
-    return json_response({"default": current_app.config["DEFAULT_TABLE"], "tables": registry().summaries()})
+    """A summary of every table, the active ones, and the one requests use when nothing is active."""
+    return json_response(table_listing(current_app._get_current_object()))  # type: ignore[attr-defined]
 
 
 @bp.get("/<table_id>")
 def get_table(table_id: str) -> Response:
-    """One table in full, provenance included."""
+    """One table in full, provenance (and fit report, for a fitted table) included."""
     try:
         return json_response(registry().document(table_id))
     except UnknownTable as err:
         return problem_response(err, 404)
+
+
+def _table_or_404(table_id: str) -> dict[str, Any] | Response:
+    try:
+        return registry().document(table_id)
+    except UnknownTable as err:
+        return problem_response(err, 404)
+
+
+def _object_body(allowed: frozenset[str]) -> dict[str, Any]:
+    body = read_json()
+    if type(body) is not dict:
+        raise InputError("", "the request must be a JSON object")
+    for key in body:
+        if key not in allowed:
+            raise InputError(key, f"unknown field; allowed: {', '.join(sorted(allowed))}")
+    return body
+
+
+_EVALUATE_FIELDS = frozenset({"hypervisor", "arch", "scope", "runs", "since", "until", "measurements"})
+
+
+@bp.post("/<table_id>/evaluate")
+def evaluate(table_id: str) -> Response:
+    """How the table does on measurements given inline or selected from the store.
+
+    Coverage, the under-provisioned samples and the over-provisioning quantiles: how an operator
+    sees drift after a QEMU or kernel upgrade.
+    """
+    document = _table_or_404(table_id)
+    if isinstance(document, Response):
+        return document
+    body = _object_body(_EVALUATE_FIELDS)
+    selector = measurement_selector(body)
+    if body.get("measurements") is not None:
+        records = validate_batch(body["measurements"], path="measurements")
+        records = [
+            r
+            for r in records
+            if (r["hypervisor"], r["arch"], r["scope"])
+            == (selector["hypervisor"], selector["arch"], selector["scope"])
+        ]
+    else:
+        records = get_store().select_measurements(**selector)
+    samples = [fitting.sample_from_record(r) for r in records]
+    report = fitting.evaluate(
+        document, samples, hypervisor=selector["hypervisor"], arch=selector["arch"], scope=selector["scope"]
+    )
+    return json_response({"table": table_id, **report})
+
+
+_ACTIVATE_FIELDS = frozenset({"hypervisor", "arch", "force", "reason"})
+
+
+def _target(body: dict[str, Any]) -> tuple[str, str]:
+    hypervisor, arch = body.get("hypervisor"), body.get("arch")
+    if hypervisor not in ("kvm", "mshv"):
+        raise InputError("hypervisor", "must be kvm or mshv")
+    if type(arch) is not str or not arch or len(arch) > 64:
+        raise InputError("arch", "must be an architecture such as amd64, or * for every one")
+    return hypervisor, arch
+
+
+def _reason(body: dict[str, Any]) -> str | None:
+    reason = body.get("reason")
+    if reason is not None and (type(reason) is not str or len(reason) > 1000):
+        raise InputError("reason", "must be a string of at most 1000 characters")
+    return reason
+
+
+@bp.post("/<table_id>/activate")
+def activate(table_id: str) -> Response:
+    """Make the table the one requests for (hypervisor, arch) get when they name none."""
+    actor = require_role("admin")
+    document = _table_or_404(table_id)
+    if isinstance(document, Response):
+        return document
+    body = _object_body(_ACTIVATE_FIELDS)
+    hypervisor, arch = _target(body)
+    force = body.get("force", False)
+    if type(force) is not bool:
+        raise InputError("force", "must be a boolean")
+    reason = _reason(body)
+    if registry().get(table_id).model_for(hypervisor, arch) is None:
+        raise Conflict("arch", f"table {table_id!r} has no model for {hypervisor} on {arch!r}")
+    facts = calibration.check_activation(
+        document,
+        hypervisor=hypervisor,
+        arch=arch,
+        min_samples=current_app.config["ACTIVATION_MIN_SAMPLES"],
+        force=force,
+        reason=reason,
+    )
+    record = get_store().activate(hypervisor, arch, table_id, actor=actor, reason=reason, forced=force)
+    get_sync(current_app).refresh()
+    return json_response({"activation": record, "fit": facts, "active": _active_list()})
+
+
+_ROLLBACK_FIELDS = frozenset({"hypervisor", "arch", "reason"})
+
+
+@bp.post("/<table_id>/rollback")
+def rollback(table_id: str) -> Response:
+    """Put back the table that was active for (hypervisor, arch) before this one."""
+    actor = require_role("admin")
+    body = _object_body(_ROLLBACK_FIELDS)
+    hypervisor, arch = _target(body)
+    reason = _reason(body)
+    store = get_store()
+    current = store.active_tables().get((hypervisor, arch))
+    if current != table_id:
+        raise Conflict(
+            "hypervisor",
+            f"table {table_id!r} is not the active table for {hypervisor}/{arch} (that is {current!r})",
+        )
+    record = store.rollback(hypervisor, arch, actor=actor, reason=reason)
+    get_sync(current_app).refresh()
+    return json_response({"activation": record, "active": _active_list()})

@@ -1,0 +1,108 @@
+"""``POST /v1/fits``: fit a new draft table from stored measurements.
+
+The fit itself is :func:`overhead_service.fitting.fit`; this blueprint selects the measurements,
+names the draft after its inputs (:func:`overhead_service.calibration.fit_id`), stores it
+(immutable; the same fit asked twice returns the table already stored) and makes it known to this
+worker at once (the others catch up through :mod:`overhead_service.web.sync`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app
+
+from overhead_service import calibration, fitting
+from overhead_service.errors import InputError
+from overhead_service.store import get_store
+from overhead_service.web.auth import require_role
+from overhead_service.web.common import json_response, read_json, registry
+from overhead_service.web.selectors import measurement_selector
+from overhead_service.web.sync import get_sync
+
+__all__ = ["bp"]
+
+bp = Blueprint("fits", __name__, url_prefix="/v1/fits")
+
+_FIELDS = frozenset(
+    {"hypervisor", "arch", "scope", "parent", "runs", "since", "until", "target", "folds", "seed"}
+)
+
+
+@bp.post("")
+def create_fit() -> Response:
+    """Fit the constants of ``parent``'s model for (hypervisor, arch, scope) to the measurements."""
+    actor = require_role("admin")
+    body = read_json()
+    if type(body) is not dict:
+        raise InputError("", "the request must be a JSON object")
+    for key in body:
+        if key not in _FIELDS:
+            raise InputError(key, f"unknown field; allowed: {', '.join(sorted(_FIELDS))}")
+    selector = measurement_selector(body)
+    parent_id = body.get("parent") or current_app.config["DEFAULT_TABLE"]
+    if type(parent_id) is not str:
+        raise InputError("parent", "must be a table id")
+    parent = registry().get(parent_id).document  # UnknownTable at path "table" -> 422
+    target = _number(body, "target", current_app.config["FIT_TARGET"], 0.5, 0.9999)
+    folds = _integer(body, "folds", 5, 2, 20)
+    seed = _integer(body, "seed", 0, 0, 2**31 - 1)
+
+    store = get_store()
+    columns = store.measurement_columns(**selector)  # numpy columns: 10^6 samples stay feasible
+    ids = columns.pop("id")
+    table_id = calibration.fit_id(
+        parent=parent_id,
+        hypervisor=selector["hypervisor"],
+        arch=selector["arch"],
+        scope=selector["scope"],
+        target=target,
+        folds=folds,
+        seed=seed,
+        measurement_ids=ids.tolist(),
+    )
+    existing = store.get_table(table_id)
+    if existing is not None:  # the same inputs name the same immutable table
+        return json_response({"table": _summary(existing), "report": existing["document"].get("fit")})
+    document, report = fitting.fit_arrays(
+        fitting.SampleArrays.of(**columns),
+        parent,
+        hypervisor=selector["hypervisor"],
+        arch=selector["arch"],
+        scope=selector["scope"],
+        target=target,
+        folds=folds,
+        seed=seed,
+        new_id=table_id,
+        requested_by=actor,
+        host_facts=store.host_facts(**selector),
+    )
+    store.add_table(document, kind="fitted", created_by=actor, parent_id=parent_id)
+    get_sync(current_app).refresh()
+    stored = store.get_table(table_id)
+    assert stored is not None
+    response = json_response({"table": _summary(stored), "report": report.to_json()}, status=201)
+    response.headers["Location"] = f"/v1/tables/{table_id}"
+    return response
+
+
+def _summary(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: row[key] for key in ("id", "kind", "createdAt", "createdBy", "parentId", "contentSha256")}
+
+
+def _number(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
+    value = body.get(key, default)
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise InputError(key, f"must be a number between {low} and {high}")
+    return float(value)
+
+
+def _integer(body: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = body.get(key, default)
+    if value is None:
+        value = default
+    if type(value) is not int or not low <= value <= high:
+        raise InputError(key, f"must be an integer between {low} and {high}")
+    return value

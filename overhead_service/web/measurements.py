@@ -1,0 +1,118 @@
+"""``POST /v1/measurements`` (role ``ingest``) and ``GET /v1/measurements`` (open).
+
+Upload: ``{"records": [record, ...]}``, at most 10,000 records
+(:mod:`overhead_service.measurements`). The batch is atomic: if any record is invalid, nothing is
+stored and the 422 problem lists every bad record (``errors[].path`` = ``records[i].field``).
+A record whose ``(runId, sampleId)`` is already stored is not stored again and is reported as a
+duplicate, so a retried upload is harmless and never counted twice. The answer is always 200 (not
+201: a batch may create nothing, and it names no single new resource)::
+
+    {"stored": 48, "duplicates": 2, "duplicateKeys": [{"runId": "ci-1", "sampleId": "vm-3"}, ...]}
+
+Listing: filters ``hypervisor``, ``arch``, ``scope``, ``runId`` (repeatable), ``since``
+(inclusive) and ``until`` (exclusive) on ``measuredAt``; ``limit`` (1..1000, default 100) and
+``cursor`` (the ``next`` of the previous page). Answer ``{"items": [...], "next": cursor or null}``,
+each item the uploaded record plus ``id``, ``ingestedAt`` and ``ingestedBy``. A bad or unknown
+query parameter is a 422 problem whose path is the parameter's name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from flask import Blueprint, Response, request
+
+from overhead_service.errors import InputError
+from overhead_service.measurements import HYPERVISORS, SCOPES, parse_timestamp, storable_text, validate_batch
+from overhead_service.store import get_store
+from overhead_service.web.auth import require_role
+from overhead_service.web.common import json_response, read_json
+from overhead_service.web.overhead import gc_paused
+
+__all__ = ["bp"]
+
+bp = Blueprint("measurements", __name__, url_prefix="/v1/measurements")
+
+_BODY_FIELDS: Final = frozenset({"records"})
+_QUERY: Final = ("hypervisor", "arch", "scope", "runId", "since", "until", "limit", "cursor")
+MAX_RUN_IDS: Final = 100
+DEFAULT_LIMIT: Final = 100
+MAX_LIMIT: Final = 1000
+
+
+@bp.post("")
+def ingest() -> Response:
+    """Store a batch of measurement records: all of them, or none if any is invalid."""
+    actor = require_role("ingest")
+    with gc_paused():  # a big batch decodes into many containers, none of them cyclic
+        body = read_json()
+        if type(body) is not dict:
+            raise InputError("", "the request must be a JSON object with a 'records' array")
+        unknown = body.keys() - _BODY_FIELDS
+        if unknown:
+            raise InputError(sorted(unknown)[0], "unknown field; allowed: records")
+        if "records" not in body:
+            raise InputError("records", "is required")
+        records = validate_batch(body["records"])
+        result = get_store().add_measurements(records, ingested_by=actor)
+    return json_response(
+        {
+            "stored": result.stored,
+            "duplicates": result.duplicates,
+            "duplicateKeys": [{"runId": run, "sampleId": sample} for run, sample in result.duplicate_keys],
+        }
+    )
+
+
+@bp.get("")
+def list_measurements() -> Response:
+    """One page of stored records, oldest ingested first."""
+    items, next_cursor = get_store().list_measurements(**_query())
+    return json_response({"items": items, "next": next_cursor})
+
+
+def _query() -> dict[str, Any]:
+    args = request.args
+    for name in args:
+        if name not in _QUERY:
+            raise InputError(name, f"unknown query parameter; allowed: {', '.join(_QUERY)}")
+        if name != "runId" and len(args.getlist(name)) > 1:
+            raise InputError(name, "may be given once")
+    query: dict[str, Any] = {}
+    if "hypervisor" in args:
+        query["hypervisor"] = _choice("hypervisor", args["hypervisor"], HYPERVISORS)
+    if "arch" in args:
+        query["arch"] = _text("arch", args["arch"], 64)
+    if "scope" in args:
+        query["scope"] = _choice("scope", args["scope"], SCOPES)
+    if "runId" in args:
+        run_ids = [_text("runId", value, 200) for value in args.getlist("runId")]
+        if len(run_ids) > MAX_RUN_IDS:
+            raise InputError("runId", f"at most {MAX_RUN_IDS} run ids")
+        query["run_ids"] = run_ids
+    for name in ("since", "until"):
+        if name in args:
+            query[name] = parse_timestamp(args[name], name)
+    query["limit"] = DEFAULT_LIMIT
+    if "limit" in args:
+        text = args["limit"]
+        if not (text.isascii() and text.isdigit() and len(text) <= 4 and 1 <= int(text) <= MAX_LIMIT):
+            raise InputError("limit", f"must be an integer between 1 and {MAX_LIMIT}")
+        query["limit"] = int(text)
+    if "cursor" in args:
+        query["cursor"] = args["cursor"]  # the store decodes it, and names "cursor" if it cannot
+    return query
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise InputError(name, f"must be one of: {', '.join(allowed)}")
+    return value
+
+
+def _text(name: str, value: str, max_length: int) -> str:
+    if not value or len(value) > max_length:
+        raise InputError(name, f"must be a non-empty string of at most {max_length} characters")
+    if not storable_text(value):
+        raise InputError(name, "must not contain NUL characters")
+    return value

@@ -1,0 +1,90 @@
+"""Keep every worker's tables and active-table choice in step with the database.
+
+``POST /v1/overhead`` must never read the database, yet an activation made through any replica or
+worker must take effect everywhere within seconds.  So each worker process polls one cheap number,
+the store's state version (bumped in the same transaction as every table insert, activation and
+rollback), from a daemon thread; when it changes, the worker loads the new tables into its
+registry and hands the active map to the :class:`~overhead_service.service.OverheadService`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from flask import Flask
+from sqlalchemy.exc import SQLAlchemyError
+
+from overhead_service.errors import OverheadServiceError
+from overhead_service.service import OverheadService
+from overhead_service.store import Store
+from overhead_service.tables import TableRegistry, compile_table
+
+__all__ = ["TableSync", "init_app", "get_sync"]
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "overhead_service.sync"
+
+
+class TableSync:
+    """Loads stored tables and the active map into one worker's registry and service."""
+
+    def __init__(
+        self, store: Store, registry: TableRegistry, service: OverheadService, interval: float
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.service = service
+        self.interval = interval
+        self.version: int | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Catch up with the database if its state version moved; True when anything was loaded.
+
+        Errors are logged and swallowed: serving with the tables already loaded beats failing.
+        """
+        with self._lock:
+            try:
+                version = self.store.state_version()
+                if not force and version == self.version:
+                    return False
+                for row in self.store.list_tables():
+                    if row["id"] not in self.registry:
+                        self.registry.add(compile_table(row["document"]))
+                self.service.set_active(self.store.active_tables())
+            except (SQLAlchemyError, OverheadServiceError) as exc:
+                log.warning("table sync failed (will retry): %s", exc)
+                return False
+            self.version = version
+            return True
+
+    def start(self) -> None:
+        """Poll in a daemon thread; safe to call in every worker (one thread per process)."""
+        if self.interval <= 0 or (self._thread is not None and self._pid == os.getpid()):
+            return
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._run, name="table-sync", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        stop = threading.Event()
+        while not stop.wait(self.interval):
+            self.refresh()
+
+
+def init_app(app: Flask, store: Store, registry: TableRegistry, service: OverheadService) -> None:
+    sync = TableSync(store, registry, service, float(app.config["SYNC_SECONDS"]))
+    app.extensions[EXTENSION] = sync
+    sync.refresh(force=True)  # at start-up, not on a request
+    sync.start()
+
+
+def get_sync(app: Any) -> TableSync:
+    sync: TableSync = app.extensions[EXTENSION]
+    return sync

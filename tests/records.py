@@ -1,0 +1,69 @@
+"""Valid measurement records for tests and benchmarks: deterministic, varied, consistent."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+GIB = 1024**3
+MIB = 1024**2
+
+_BASE: dict[str, Any] = {
+    "runId": "run-1",
+    "sampleId": "sample-0",
+    "hypervisor": "kvm",
+    "arch": "amd64",
+    "scope": "pod",
+    "overheadBytes": 283_115_520,
+    "rawBytes": GIB + 283_115_520,
+    "guestTouchedBytes": GIB,
+    "vm": {"vcpus": 2, "guestMemoryBytes": GIB, "graphics": True, "vfio": False, "ioThreads": 1},
+    "host": {
+        "kernel": "6.1.0-18-amd64",
+        "qemu": "9.0.2",
+        "accelerator": "kvm",
+        "node": "worker-3",
+        "cpuModel": "Intel Xeon Gold 6338",
+    },
+    "measuredAt": "2026-11-20T10:31:00Z",
+}
+
+
+def record(**overrides: Any) -> dict[str, Any]:
+    """The base record with top-level fields replaced (``vm``/``host`` dicts are merged)."""
+    result = copy.deepcopy(_BASE)
+    for key, value in overrides.items():
+        if key in ("vm", "host") and isinstance(value, dict):
+            result[key].update(value)
+        else:
+            result[key] = value
+    return result
+
+
+def sample(index: int, run: str = "run-1", **overrides: Any) -> dict[str, Any]:
+    """Record number ``index`` of ``run``: its shape and figures vary with the index."""
+    vcpus = 1 + index % 8
+    guest = (1 + index % 16) * GIB
+    overhead = 200 * MIB + vcpus * 8 * MIB + index % 1000 * 4096
+    touched = guest - (index % 7) * MIB
+    fields: dict[str, Any] = {
+        "runId": run,
+        "sampleId": f"sample-{index}",
+        "scope": ("qemu", "pod", "node")[index % 3],
+        "overheadBytes": overhead,
+        "rawBytes": touched + overhead,
+        "guestTouchedBytes": touched,
+        "vm": {
+            "vcpus": vcpus,
+            "guestMemoryBytes": guest,
+            "graphics": index % 2 == 0,
+            "vfio": index % 5 == 0,
+            "ioThreads": index % 3,
+            "execProbes": index % 3,
+            "touchedShare": round(touched / guest, 6),
+        },
+        "measuredAt": f"2026-11-{1 + index % 20:02d}T{index % 24:02d}:{index % 60:02d}:00Z",
+        "raw": {"rss": touched + overhead - 4096, "pageTables": 4096 * (1 + index % 100)},
+    }
+    fields.update(overrides)
+    return record(**fields)

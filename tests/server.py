@@ -1,0 +1,136 @@
+"""A real gunicorn serving the app (the project's gunicorn settings, loopback), and an upload client.
+
+Used by the concurrency test and by ``benchmarks/bench_ingest.py``. The schema is created by the
+settings' ``on_starting`` hook in gunicorn's master, as in production.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+__all__ = ["GunicornServer", "UploadReport", "upload_batches"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class GunicornServer:
+    """``gunicorn -c python:overhead_service.gunicorn_conf`` on a free loopback port; a context manager."""
+
+    def __init__(
+        self, database_url: str, *, tokens: str, workers: int = 2, threads: int | None = None
+    ) -> None:
+        self.database_url = database_url
+        self.tokens = tokens
+        self.workers = workers
+        self.threads = threads
+        self.port = 0
+        self.base_url = ""
+        self._process: subprocess.Popen[bytes] | None = None
+        descriptor, name = tempfile.mkstemp(prefix="gunicorn-", suffix=".log")
+        os.close(descriptor)
+        self._log = Path(name)
+
+    def start(self, timeout: float = 60) -> GunicornServer:
+        self.port = _free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        argv = [sys.executable, "-m", "gunicorn", "--config", "python:overhead_service.gunicorn_conf"]
+        argv += ["--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers)]
+        if self.threads is not None:
+            argv += ["--threads", str(self.threads)]
+        argv.append("overhead_service:create_app()")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OVERHEAD_")}
+        env.update({"OVERHEAD_DATABASE_URL": self.database_url, "OVERHEAD_TOKENS": self.tokens})
+        with self._log.open("wb") as log:  # the child keeps its own descriptor
+            self._process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self._process.returncode}:\n{self.log()}")
+            try:
+                if requests.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"gunicorn not ready within {timeout} s:\n{self.log()}")
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        """SIGTERM (graceful), then wait; returns gunicorn's exit status."""
+        if self._process is None:
+            return 0
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        return self._process.returncode
+
+    def log(self) -> str:
+        """The end of gunicorn's output."""
+        return self._log.read_text(errors="replace")[-5000:]
+
+    def __enter__(self) -> GunicornServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self._log.unlink(missing_ok=True)
+
+
+@dataclass
+class UploadReport:
+    """What one client saw: the answers to its batches, in order, and how often it retried."""
+
+    answers: list[dict[str, object]] = field(default_factory=list)
+    retries: int = 0
+    latencies: list[float] = field(default_factory=list)  # seconds per answered request
+    started: float = 0.0  # time.time() when the first request went out
+    finished: float = 0.0
+
+
+def upload_batches(base_url: str, token: str, bodies: list[bytes], attempts: int = 5) -> UploadReport:
+    """POST each pre-encoded body to ``/v1/measurements``, retrying connection errors (a retried
+    batch may report as duplicates what the lost answer had stored). Any other answer than 200
+    raises."""
+    report = UploadReport()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    report.started = time.time()
+    with requests.Session() as session:
+        for body in bodies:
+            for attempt in range(attempts):
+                sent = time.perf_counter()
+                try:
+                    response = session.post(
+                        f"{base_url}/v1/measurements", data=body, headers=headers, timeout=60
+                    )
+                    break
+                except requests.ConnectionError:
+                    if attempt == attempts - 1:
+                        raise
+                    report.retries += 1
+                    time.sleep(0.05 * 2**attempt)
+            if response.status_code != 200:
+                raise RuntimeError(f"upload answered {response.status_code}: {response.text[:2000]}")
+            report.latencies.append(time.perf_counter() - sent)
+            report.answers.append(response.json())
+    report.finished = time.time()
+    return report
