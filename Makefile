@@ -13,7 +13,8 @@ BIND ?= 0.0.0.0:$(PORT)
 # Debian packages beyond Python, installed when missing: what the test suite needs (PostgreSQL 15
 # server binaries: the tests start a throwaway cluster of their own, see tests/pg.py), and what the
 # benchmark uses (wrk; it falls back to a Python client).
-TEST_SYSTEM_PACKAGES ?= postgresql-15
+# qemu-system-x86 and binutils: tests/test_measure.py builds a tiny guest and boots it under QEMU.
+TEST_SYSTEM_PACKAGES ?= postgresql-15 qemu-system-x86 binutils
 BENCH_SYSTEM_PACKAGES ?= wrk
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
@@ -36,6 +37,7 @@ help:
 	@echo "make bench   run benchmarks/bench_overhead.py"
 	@echo "make bench-ingest  run benchmarks/bench_ingest.py (SQLite and a throwaway PostgreSQL)"
 	@echo "make init-db create or upgrade the database schema (DATABASE_URL; serve does it too)"
+	@echo "make measure boot QEMU guests and measure them (MEASURE_CONFIG, MEASURE_ARGS; see benchmarks/measure)"
 
 # --- environments -----------------------------------------------------------------------------
 
@@ -84,6 +86,14 @@ bench: install bench-deps
 
 bench-ingest: install-test
 	$(BIN)/python benchmarks/bench_ingest.py
+
+# Real QEMU/KVM measurements (benchmarks/measure): e.g.
+#   make measure MEASURE_CONFIG=benchmarks/measure/grid-small.yaml MEASURE_ARGS='--url http://svc:8080 --token T'
+MEASURE_CONFIG ?= benchmarks/measure/smoke.yaml
+MEASURE_ARGS ?= --out var/measure-$(basename $(notdir $(MEASURE_CONFIG))).jsonl
+.PHONY: measure
+measure: install system-deps
+	$(BIN)/python -m benchmarks.measure --config $(MEASURE_CONFIG) $(MEASURE_ARGS)
 
 init-db: install
 	$(BIN)/overhead-service init-db

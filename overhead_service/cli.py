@@ -1,4 +1,4 @@
-"""The ``overhead-service`` command: ``serve``, ``init-db``, ``compute FILE`` and ``tables``.
+"""The ``overhead-service`` command: ``serve``, ``init-db``, ``compute FILE``, ``tables`` and ``report``.
 
 ``compute`` prints exactly the JSON that ``POST /v1/overhead`` answers for the same input, and a
 bad input prints the same problem document (to stderr, exit status 2).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import IO, Any, NoReturn, cast
 
 import click
@@ -19,14 +20,19 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from overhead_service import config as settings
 from overhead_service import jsonio
-from overhead_service.errors import InputError, problem
+from overhead_service.errors import InputError, UnknownTable, problem
+from overhead_service.fitting import SampleArrays
+from overhead_service.measurements import parse_timestamp, validate_record
+from overhead_service.report import UPSTREAM_TABLE, default_target, render_report
 from overhead_service.service import OverheadService
-from overhead_service.store import Store
-from overhead_service.web.common import SERVICE
+from overhead_service.store import Store, get_store
+from overhead_service.tables import TableRegistry
+from overhead_service.web.common import REGISTRY, SERVICE
 from overhead_service.web.errors import status_of
+from overhead_service.web.reports import describe_selection
 from overhead_service.web.tables import table_listing
 
-__all__ = ["gunicorn_argv", "load_document", "main", "request_body"]
+__all__ = ["gunicorn_argv", "load_document", "main", "read_records", "request_body"]
 
 EXIT_BAD_INPUT = 2
 
@@ -148,6 +154,117 @@ def tables(as_json: bool) -> None:
         marks = [" (default)"] if summary["id"] == listing["default"] else []
         marks += [f" (active: {', '.join(active[summary['id']])})"] if summary["id"] in active else []
         click.echo(f"{summary['id']}{''.join(marks)}\t{summary['title']}")
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Measurement records from a JSON Lines file (blank lines skipped), each validated like an
+    upload; an error names the line (``line 3.vm.vcpus``)."""
+    records = []
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise InputError("records", f"cannot read {path}: {exc.strerror or exc}") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"line {number}"
+        try:
+            document = jsonio.loads(line)
+        except (ValueError, RecursionError) as exc:
+            raise InputError(where, f"not a JSON document: {exc}") from None
+        try:
+            records.append(validate_record(document))
+        except InputError as error:
+            raise error.at(where) from None
+    return records
+
+
+@main.command(short_help="Write a table's HTML report (what GET /v1/tables/{id}/report answers).")
+@click.argument("table_id")
+@click.option("--out", "out", type=click.Path(dir_okay=False, writable=True, path_type=Path), required=True)
+@click.option(
+    "--hypervisor", type=click.Choice(["kvm", "mshv"]), help="Default: the table's fit's, else kvm."
+)
+@click.option("--arch", help="Default: the table's fit's, else amd64.")
+@click.option(
+    "--scope", type=click.Choice(["qemu", "pod", "node"]), help="Default: the table's fit's, else qemu."
+)
+@click.option("--runs", multiple=True, help="Only these runs (repeat for several; database only).")
+@click.option("--since", help="Only measurements at or after this RFC 3339 time (database only).")
+@click.option("--until", help="Only measurements before this RFC 3339 time (database only).")
+@click.option(
+    "--records",
+    "records_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Read measurement records from this JSON Lines file instead of the database.",
+)
+@click.option("--upstream", default=UPSTREAM_TABLE, show_default=True, help="The table to compare with.")
+def report(
+    table_id: str,
+    out: Path,
+    hypervisor: str | None,
+    arch: str | None,
+    scope: str | None,
+    runs: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    records_file: Path | None,
+    upstream: str,
+) -> None:
+    """Write the HTML report of TABLE_ID to --out: its provenance and fit report, and how it and the
+    upstream table do on measurements from the database (OVERHEAD_DATABASE_URL) or --records."""
+    if records_file is not None and (runs or since or until):
+        raise click.UsageError("--records cannot be combined with --runs, --since or --until")
+    app = _app()
+    registry = cast(TableRegistry, app.extensions[REGISTRY])
+    try:
+        document = registry.document(table_id)
+        try:
+            upstream_document = registry.document(upstream)
+        except UnknownTable as err:
+            raise UnknownTable("upstream", err.detail) from None
+        default = default_target(document)
+        selector: dict[str, Any] = {
+            "hypervisor": hypervisor or default[0],
+            "arch": arch or default[1],
+            "scope": scope or default[2],
+        }
+        target = {"hypervisor": selector["hypervisor"], "arch": selector["arch"], "scope": selector["scope"]}
+        if records_file is not None:
+            page = render_report(
+                document,
+                read_records(records_file),
+                upstream_document=upstream_document,
+                source=f"records from {records_file.name}",
+                **target,
+            )
+        else:
+            selector["run_ids"] = list(runs) or None
+            selector["since"] = parse_timestamp(since, "since") if since is not None else None
+            selector["until"] = parse_timestamp(until, "until") if until is not None else None
+            store = get_store(app)
+            try:
+                columns = store.measurement_columns(**selector)
+                facts = store.host_facts(**selector)
+            except SQLAlchemyError as exc:
+                shown = make_url(app.config["DATABASE_URL"]).render_as_string(hide_password=True)
+                click.echo(f"report: cannot read measurements from {shown}: {exc}", err=True)
+                sys.exit(1)
+            finally:
+                store.dispose()
+            columns.pop("id")
+            page = render_report(
+                document,
+                SampleArrays.of(**columns),
+                upstream_document=upstream_document,
+                source=describe_selection(selector),
+                measurement_facts=facts,
+                **target,
+            )
+    except InputError as error:
+        _fail(error)
+    out.write_text(page, encoding="utf-8")
+    click.echo(f"wrote {out} ({len(page.encode()):,} bytes)")
 
 
 @main.command("init-db")

@@ -146,8 +146,13 @@ def test_tables(runner: FlaskCliRunner, client: FlaskClient) -> None:
     result = runner.invoke(cli.main, ["tables"])
     assert result.exit_code == 0
     rows = [line.split("\t") for line in result.stdout.splitlines()]
-    assert [row[0] for row in rows] == ["kubevirt-v1.9.0 (default)", "kubevirt-main", "mshv-l1vh-provisional"]
-    assert all(row[1].startswith(("KubeVirt ", "mshv ")) for row in rows)
+    assert [row[0] for row in rows] == [
+        "kubevirt-v1.9.0 (default)",
+        "kubevirt-main",
+        "mshv-l1vh-provisional",
+        "kvm-measured-pvm-2026-11",
+    ]
+    assert all(row[1].startswith(("KubeVirt ", "mshv ", "kvm/amd64 measured")) for row in rows)
     as_json = runner.invoke(cli.main, ["tables", "--json"])
     assert as_json.stdout == client.get("/v1/tables").get_data(as_text=True) + "\n"
 

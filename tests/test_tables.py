@@ -59,7 +59,12 @@ def registry() -> TableRegistry:
 
 
 def test_builtin_ids(registry: TableRegistry) -> None:
-    assert registry.ids() == ["kubevirt-v1.9.0", "kubevirt-main", "mshv-l1vh-provisional"]
+    assert registry.ids() == [
+        "kubevirt-v1.9.0",
+        "kubevirt-main",
+        "mshv-l1vh-provisional",
+        "kvm-measured-pvm-2026-11",
+    ]
     assert "kubevirt-main" in registry
     assert "kubevirt-v1.9.0" in registry
     assert "kubevirt-v1.8.0" not in registry

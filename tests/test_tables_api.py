@@ -18,12 +18,19 @@ def test_list(client: FlaskClient) -> None:
     assert response.mimetype == "application/json"
     body = response.get_json()
     assert body["default"] == "kubevirt-v1.9.0"
-    assert [t["id"] for t in body["tables"]] == ["kubevirt-v1.9.0", "kubevirt-main", "mshv-l1vh-provisional"]
+    assert [t["id"] for t in body["tables"]] == [
+        "kubevirt-v1.9.0",
+        "kubevirt-main",
+        "mshv-l1vh-provisional",
+        "kvm-measured-pvm-2026-11",
+    ]
     assert body["tables"] == TableRegistry.builtin().summaries()
     for summary in body["tables"]:
         assert summary["title"]
         assert summary["provenance"]
         expected = {("mshv", "*")} if summary["id"].startswith("mshv") else {("kvm", "*"), ("mshv", "*")}
+        if summary["id"].startswith("kvm-measured"):
+            expected |= {("kvm", "amd64")}  # the fitted model, next to the parent's
         assert {(m["hypervisor"], m["arch"]) for m in summary["models"]} == expected
 
 

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from flask import Flask
 
-from overhead_service.web import activations, auth, errors, fits, health, measurements, overhead, spec, tables
+from overhead_service.web import (
+    activations,
+    auth,
+    errors,
+    fits,
+    health,
+    measurements,
+    overhead,
+    reports,
+    spec,
+    tables,
+)
 
 __all__ = ["init_app"]
 
@@ -14,5 +25,5 @@ def init_app(app: Flask) -> None:
     errors.init_app(app)
     auth.init_app(app)
     spec.init_app(app)
-    for module in (overhead, tables, fits, activations, measurements, health, spec):
+    for module in (overhead, tables, reports, fits, activations, measurements, health, spec):
         app.register_blueprint(module.bp)

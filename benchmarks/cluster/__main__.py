@@ -1,0 +1,183 @@
+"""``python -m benchmarks.cluster --config shapes.yaml``: the command line of the cluster benchmark.
+
+Exit status: 0 every sample measured and delivered; 1 some sample failed, was not run or not
+uploaded (the records then follow on standard output); 2 refused before creating anything (bad
+configuration, unusable node, no token); 143 terminated by SIGTERM (VMIs deleted first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from types import FrameType
+
+from benchmarks.cluster.config import Config, ConfigError, load_config
+from benchmarks.cluster.kube import ApiError, KubeClient, load_credentials
+from benchmarks.cluster.runner import Benchmark, PreflightError, Terminated
+from benchmarks.cluster.upload import JsonLinesSink, Uploader, UploadError
+from benchmarks.cluster.vmi import vmi_manifest, vmi_name
+
+__all__ = ["main", "resolve_run_id"]
+
+log = logging.getLogger("benchmarks.cluster")
+
+
+def resolve_run_id(config: Config, environ: Mapping[str, str]) -> str:
+    """``runId``: the configuration's, else ``$BENCH_RUN_ID``, else ``job-<$JOB_UID>`` (the Job's
+    uid, stable across retries of the Job's pod, so a retry re-uploads as duplicates), else a
+    timestamp."""
+    if config.run_id:
+        return config.run_id
+    if environ.get("BENCH_RUN_ID"):
+        return environ["BENCH_RUN_ID"]
+    if environ.get("JOB_UID"):
+        return f"job-{environ['JOB_UID']}"
+    return "cluster-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` once (later ones are ignored while cleaning up)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.cluster",
+        description="Measure virt-launcher memory overhead on a KubeVirt cluster and upload the records.",
+    )
+    parser.add_argument("--config", required=True, help="the YAML configuration (shape matrix, pool, timing)")
+    parser.add_argument("--run-id", default="", help="overrides runId")
+    parser.add_argument("--node", default="", help="overrides pool.node")
+    parser.add_argument(
+        "--self-node", default=None, help="the node this process runs on (default $NODE_NAME)"
+    )
+    parser.add_argument("--output", default=None, help="overrides output (JSON Lines file, - for stdout)")
+    parser.add_argument("--upload-url", default=None, help="overrides upload.url ('' to not upload)")
+    parser.add_argument("--api-server", default="", help="API server URL (else in-cluster, else kubeconfig)")
+    parser.add_argument("--token-file", default="", help="bearer token file for --api-server")
+    parser.add_argument(
+        "--kubeconfig", default="", help="kubeconfig path (default $KUBECONFIG, ~/.kube/config)"
+    )
+    parser.add_argument("--context", default="", help="kubeconfig context (default: the current one)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the VMIs it would create, touch nothing"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    env = os.environ if environ is None else environ
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        log.error("configuration: %s", err)
+        return 2
+    overrides: dict[str, object] = {}
+    if args.node:
+        overrides["pool"] = dataclasses.replace(config.pool, node=args.node)
+    if args.output is not None:
+        overrides["output"] = args.output
+    if args.upload_url is not None:
+        overrides["upload"] = dataclasses.replace(config.upload, url=args.upload_url.rstrip("/"))
+    config = dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
+    run_id = args.run_id or resolve_run_id(config, env)
+    self_node = args.self_node if args.self_node is not None else env.get("NODE_NAME", "")
+
+    if args.dry_run:
+        node = config.pool.node or self_node or "NODE"
+        for rep in range(1, config.repetitions + 1):
+            for shape in config.shapes:
+                manifest = vmi_manifest(
+                    name=vmi_name(run_id, shape, rep),
+                    namespace=config.namespace,
+                    run_id=run_id,
+                    sample=f"{shape.name}-r{rep}",
+                    shape=shape,
+                    guest=config.guest,
+                    pool=config.pool,
+                    node=node,
+                )
+                print(json.dumps(manifest, sort_keys=True))
+        return 0
+
+    if not config.upload.url and not config.output:
+        log.error("the records would go nowhere: set upload.url and/or output")
+        return 2
+    uploader = None
+    if config.upload.url:
+        try:
+            uploader = Uploader(
+                config.upload.url,
+                env.get(config.upload.token_env, "").strip(),
+                retries=config.upload.retries,
+                backoff_seconds=config.upload.backoff_seconds,
+                timeout_seconds=config.upload.timeout_seconds,
+            )
+        except UploadError as err:
+            log.error("%s: set $%s (the Job reads it from a Secret)", err, config.upload.token_env)
+            return 2
+    try:
+        credentials = load_credentials(
+            api_server=args.api_server,
+            token_file=args.token_file,
+            kubeconfig=args.kubeconfig,
+            context=args.context,
+            environ=env,
+        )
+    except ApiError as err:
+        log.error("Kubernetes credentials: %s", err)
+        return 2
+    client = KubeClient(
+        credentials,
+        retries=config.api.retries,
+        backoff_seconds=config.api.backoff_seconds,
+        timeout_seconds=config.api.timeout_seconds,
+    )
+    sink = JsonLinesSink(config.output) if config.output else None
+    benchmark = Benchmark(config, client, run_id=run_id, self_node=self_node, uploader=uploader, sink=sink)
+    try:
+        with terminate_on_sigterm():
+            summary = benchmark.run()
+    except PreflightError as err:
+        log.error("refused: %s", err)
+        return 2
+    except Terminated:
+        log.error("terminated (SIGTERM); the VMI being measured was deleted")
+        return 143
+    finally:
+        client.close()
+        if uploader is not None:
+            uploader.close()
+        if sink is not None:
+            sink.close()
+    log.info("summary: %s", json.dumps(summary.as_dict(), sort_keys=True))
+    return summary.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Fit a built-in table from measurement records (JSON Lines) and write it with its provenance.
+
+    python benchmarks/make_table.py RECORDS.jsonl --id ID --out overhead_service/data/tables/ID.json \\
+        [--parent kubevirt-v1.9.0] [--hypervisor kvm --arch amd64 --scope qemu] [--target 0.99] \\
+        [--machine "what the host was"]
+
+The fit is the service's own (:func:`overhead_service.fitting.fit`, held-out coverage included);
+this script only adds what a shipped table must say about itself: the machine class, the QEMU and
+kernel versions, the accelerator, the sample count, the held-out coverage, and where the raw
+records are.  The table is marked built-in and stays inactive until an operator activates it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from overhead_service import fitting  # noqa: E402
+from overhead_service.measurements import validate_record  # noqa: E402
+from overhead_service.tables import TableRegistry, compile_table  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("records", type=Path)
+    parser.add_argument("--id", required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--parent", default="kubevirt-v1.9.0")
+    parser.add_argument("--hypervisor", default="kvm")
+    parser.add_argument("--arch", default="amd64")
+    parser.add_argument("--scope", default="qemu")
+    parser.add_argument("--target", type=float, default=0.99)
+    parser.add_argument("--machine", default="")
+    parser.add_argument("--title", default="")
+    args = parser.parse_args()
+
+    records = [
+        validate_record(json.loads(line)) for line in args.records.read_text().splitlines() if line.strip()
+    ]
+    chosen = [
+        r
+        for r in records
+        if (r["hypervisor"], r["arch"], r["scope"]) == (args.hypervisor, args.arch, args.scope)
+    ]
+    accelerators = {r["host"]["accelerator"] for r in chosen}
+    if len(accelerators) != 1:
+        raise SystemExit(f"one accelerator per fit, got {sorted(accelerators)}")
+    facts: dict[str, set[str]] = {}
+    for r in chosen:
+        for key, value in r["host"].items():
+            facts.setdefault(key, set()).add(str(value))
+    host_facts = {key: sorted(values) for key, values in sorted(facts.items())}
+    parent = TableRegistry.builtin().document(args.parent)
+    document, report = fitting.fit(
+        [fitting.sample_from_record(r) for r in chosen],
+        parent,
+        hypervisor=args.hypervisor,
+        arch=args.arch,
+        scope=args.scope,
+        target=args.target,
+        new_id=args.id,
+        requested_by="benchmarks/make_table.py",
+        host_facts=host_facts,
+    )
+    fit: dict[str, Any] = document["fit"]
+    document["builtin"] = True
+    document["title"] = args.title or f"{args.hypervisor}/{args.arch} measured ({args.scope} scope)"
+    document["description"] = (
+        f"Fitted from {len(chosen)} measurements of real QEMU guests ({args.scope} scope) on top of "
+        f"{args.parent}; components the measurements do not cover keep {args.parent}'s constants. "
+        "Not active by default."
+    )
+    document["provenance"] = {
+        **document.get("provenance", {}),
+        "kind": "measured",
+        "measured": True,
+        "machine": args.machine,
+        "qemu": host_facts.get("qemu", []),
+        "kernel": host_facts.get("kernel", []),
+        "accelerator": sorted(accelerators)[0],
+        "cpuModel": host_facts.get("cpuModel", []),
+        "samples": len(chosen),
+        "heldOutCoverage": fit["heldOut"]["coverage"],
+        "target": args.target,
+        "records": str(args.records),
+        "benchmark": "python -m benchmarks.measure (benchmarks/measure/), then benchmarks/make_table.py",
+    }
+    compile_table(document)  # a shipped table must load
+    args.out.write_text(json.dumps(document, indent=2) + "\n")
+    summary = {k: document["provenance"][k] for k in ("samples", "heldOutCoverage", "accelerator", "qemu")}
+    print(json.dumps({"id": args.id, **summary, "warnings": fit.get("warnings", [])}, indent=2))
+    print(json.dumps(report.to_json().get("components", fit.get("components")), indent=2)[:4000])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
