@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import random
+from collections.abc import Callable
 from typing import Any
 
 GIB = 1024**3
@@ -67,3 +69,34 @@ def sample(index: int, run: str = "run-1", **overrides: Any) -> dict[str, Any]:
     }
     fields.update(overrides)
     return record(**fields)
+
+
+def qemu_records(
+    count: int, run: str = "bench-1", seed: int = 7, node: Callable[[int], str] | None = None
+) -> list[dict[str, Any]]:
+    """kvm/amd64 qemu-scope records from a known formula: 38 MiB + 0.07 MiB/vCPU + 2.1 MiB/GiB
+    (+2.5 MiB with graphics), plus up to 0.3 MiB of noise; ``node(index)`` names each record's node."""
+    rng = random.Random(seed)
+    records = []
+    for index in range(count):
+        vcpus = rng.choice([1, 2, 4, 8, 16])
+        guest = rng.choice([1, 2, 4, 8]) * GIB
+        graphics = rng.random() < 0.5
+        overhead = int(
+            38 * MIB + 0.07 * MIB * vcpus + 2.1 * MIB * guest / GIB + (2.5 * MIB if graphics else 0)
+        )
+        overhead += rng.randrange(0, int(0.3 * MIB))
+        touched = guest - 4 * MIB
+        records.append(
+            record(
+                runId=run,
+                sampleId=f"s-{index}",
+                scope="qemu",
+                overheadBytes=overhead,
+                rawBytes=touched + overhead,
+                guestTouchedBytes=touched,
+                vm={"vcpus": vcpus, "guestMemoryBytes": guest, "graphics": graphics, "ioThreads": 0},
+                host={"node": node(index)} if node is not None else {},
+            )
+        )
+    return records

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from typing import Any
 
@@ -11,38 +10,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from overhead_service.web.sync import get_sync
-from tests.records import record
+from tests.records import qemu_records
 
 MIB, GIB = 1024**2, 1024**3
 VMI = {"spec": {"domain": {"cpu": {"cores": 2}, "resources": {"requests": {"memory": "2Gi"}}}}}
-
-
-def qemu_records(count: int, run: str = "bench-1", seed: int = 7) -> list[dict[str, Any]]:
-    """qemu-scope kvm/amd64 records from a known formula: 38 MiB + 0.07 MiB/vCPU + 2.1 MiB/GiB
-    (+2.5 MiB with graphics), plus noise of up to 0.3 MiB."""
-    rng = random.Random(seed)
-    records = []
-    for index in range(count):
-        vcpus = rng.choice([1, 2, 4, 8, 16])
-        guest = rng.choice([1, 2, 4, 8]) * GIB
-        graphics = rng.random() < 0.5
-        overhead = int(
-            38 * MIB + 0.07 * MIB * vcpus + 2.1 * MIB * guest / GIB + (2.5 * MIB if graphics else 0)
-        )
-        overhead += rng.randrange(0, int(0.3 * MIB))
-        touched = guest - 4 * MIB
-        records.append(
-            record(
-                runId=run,
-                sampleId=f"s-{index}",
-                scope="qemu",
-                overheadBytes=overhead,
-                rawBytes=touched + overhead,
-                guestTouchedBytes=touched,
-                vm={"vcpus": vcpus, "guestMemoryBytes": guest, "graphics": graphics, "ioThreads": 0},
-            )
-        )
-    return records
 
 
 FIT = {

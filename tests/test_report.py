@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import random
 import re
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from overhead_service import cli, fitting, report
 from overhead_service.errors import InputError, NotInTable
 from overhead_service.tables import TableRegistry
+from tests.records import qemu_records as shared_qemu_records
 from tests.records import record
 
 MIB, GIB = 1024**2, 1024**3
@@ -28,32 +28,8 @@ EVIL = "<script>alert('x')</script>"
 
 
 def qemu_records(count: int, run: str = "bench-1", seed: int = 11) -> list[dict[str, Any]]:
-    """kvm/amd64 qemu-scope records from 38 MiB + 0.07 MiB/vCPU + 2.1 MiB/GiB (+2.5 MiB with
-    graphics) plus up to 0.3 MiB of noise; every tenth on a node with a hostile name."""
-    rng = random.Random(seed)
-    records = []
-    for index in range(count):
-        vcpus = rng.choice([1, 2, 4, 8, 16])
-        guest = rng.choice([1, 2, 4, 8]) * GIB
-        graphics = rng.random() < 0.5
-        overhead = int(
-            38 * MIB + 0.07 * MIB * vcpus + 2.1 * MIB * guest / GIB + (2.5 * MIB if graphics else 0)
-        )
-        overhead += rng.randrange(0, int(0.3 * MIB))
-        touched = guest - 4 * MIB
-        records.append(
-            record(
-                runId=run,
-                sampleId=f"s-{index}",
-                scope="qemu",
-                overheadBytes=overhead,
-                rawBytes=touched + overhead,
-                guestTouchedBytes=touched,
-                vm={"vcpus": vcpus, "guestMemoryBytes": guest, "graphics": graphics, "ioThreads": 0},
-                host={"node": EVIL if index % 10 == 0 else "worker-3"},
-            )
-        )
-    return records
+    """The shared synthetic records, every tenth on a node with a hostile name."""
+    return shared_qemu_records(count, run, seed, node=lambda index: EVIL if index % 10 == 0 else "worker-3")
 
 
 def data_values(page: str, key: str) -> dict[str | None, str]:
