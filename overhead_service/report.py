@@ -34,7 +34,7 @@ import io
 import json
 import math
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -505,7 +505,10 @@ def _fit_section(doc: Mapping[str, Any]) -> str:
     if isinstance(over, Mapping) and isinstance(over.get("bytes"), Mapping):
         parts.append("<h3>Over-provisioning on held-out folds (predicted − measured)</h3>")
         parts.append(
-            _over_table({"bytes": over["bytes"], "% of measured": over.get("percentOfMeasured", {})})
+            _quantile_table(
+                {"bytes": over["bytes"], "% of measured": over.get("percentOfMeasured", {})},
+                cells={"% of measured": _percent_cell},
+            )
         )
 
     parts.append("<h3>Host facts of the measurements fitted on</h3>")
@@ -556,8 +559,21 @@ def _coefficients(components: Any) -> str:
     return f"<table>{header}{''.join(rows)}</table>"
 
 
-def _quantile_table(groups: Mapping[str, Any], names: Mapping[str, str]) -> str:
-    """Quantiles (bytes) per group: one row per group, one column per level."""
+def _mib_cell(value: Any) -> str:
+    return _cell(_mib(value))
+
+
+def _percent_cell(value: Any) -> str:
+    return _cell(f"{value:.2f} %" if isinstance(value, int | float) else "—")
+
+
+def _quantile_table(
+    groups: Mapping[str, Any],
+    names: Mapping[str, str] | None = None,
+    cells: Mapping[str, Callable[[Any], str]] | None = None,
+) -> str:
+    """Quantiles per group: one row per group, one column per level; cells in MiB unless
+    ``cells`` names another formatter for the group."""
     levels: list[str] = []
     for values in groups.values():
         if isinstance(values, Mapping):
@@ -567,29 +583,9 @@ def _quantile_table(groups: Mapping[str, Any], names: Mapping[str, str]) -> str:
     for group, values in groups.items():
         if not isinstance(values, Mapping):
             continue
-        cells = "".join(_cell(_mib(values.get(level))) for level in levels)
-        rows.append(f"<tr><th>{_e(names.get(group, group))}</th>{cells}</tr>")
-    return f"<table>{header}{''.join(rows)}</table>"
-
-
-def _over_table(groups: Mapping[str, Any]) -> str:
-    levels: list[str] = []
-    for values in groups.values():
-        if isinstance(values, Mapping):
-            levels.extend(k for k in values if k not in levels)
-    header = "<tr><th></th>" + "".join(f"<th>{_e(level)}</th>" for level in levels) + "</tr>"
-    rows = []
-    for group, values in groups.items():
-        if not isinstance(values, Mapping):
-            continue
-        if group == "bytes":
-            cells = "".join(_cell(_mib(values.get(level))) for level in levels)
-        else:
-            cells = "".join(
-                _cell(f"{values[level]:.2f} %" if isinstance(values.get(level), int | float) else "—")
-                for level in levels
-            )
-        rows.append(f"<tr><th>{_e(group)}</th>{cells}</tr>")
+        formatter = (cells or {}).get(group, _mib_cell)
+        row = "".join(formatter(values.get(level)) for level in levels)
+        rows.append(f"<tr><th>{_e((names or {}).get(group, group))}</th>{row}</tr>")
     return f"<table>{header}{''.join(rows)}</table>"
 
 

@@ -23,11 +23,12 @@ from typing import Any, Final
 from flask import Blueprint, Response, request
 
 from overhead_service.errors import InputError
-from overhead_service.measurements import HYPERVISORS, SCOPES, parse_timestamp, storable_text, validate_batch
+from overhead_service.measurements import HYPERVISORS, SCOPES, parse_timestamp, validate_batch
 from overhead_service.store import get_store
 from overhead_service.web.auth import require_role
 from overhead_service.web.common import json_response, read_json
 from overhead_service.web.overhead import gc_paused
+from overhead_service.web.selectors import query_choice, query_text
 
 __all__ = ["bp"]
 
@@ -80,13 +81,13 @@ def _query() -> dict[str, Any]:
             raise InputError(name, "may be given once")
     query: dict[str, Any] = {}
     if "hypervisor" in args:
-        query["hypervisor"] = _choice("hypervisor", args["hypervisor"], HYPERVISORS)
+        query["hypervisor"] = query_choice("hypervisor", args["hypervisor"], HYPERVISORS)
     if "arch" in args:
-        query["arch"] = _text("arch", args["arch"], 64)
+        query["arch"] = query_text("arch", args["arch"], 64)
     if "scope" in args:
-        query["scope"] = _choice("scope", args["scope"], SCOPES)
+        query["scope"] = query_choice("scope", args["scope"], SCOPES)
     if "runId" in args:
-        run_ids = [_text("runId", value, 200) for value in args.getlist("runId")]
+        run_ids = [query_text("runId", value, 200) for value in args.getlist("runId")]
         if len(run_ids) > MAX_RUN_IDS:
             raise InputError("runId", f"at most {MAX_RUN_IDS} run ids")
         query["run_ids"] = run_ids
@@ -102,17 +103,3 @@ def _query() -> dict[str, Any]:
     if "cursor" in args:
         query["cursor"] = args["cursor"]  # the store decodes it, and names "cursor" if it cannot
     return query
-
-
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise InputError(name, f"must be one of: {', '.join(allowed)}")
-    return value
-
-
-def _text(name: str, value: str, max_length: int) -> str:
-    if not value or len(value) > max_length:
-        raise InputError(name, f"must be a non-empty string of at most {max_length} characters")
-    if not storable_text(value):
-        raise InputError(name, "must not contain NUL characters")
-    return value

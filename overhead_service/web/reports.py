@@ -22,11 +22,12 @@ from flask import Blueprint, Response, request
 
 from overhead_service.errors import InputError, UnknownTable
 from overhead_service.fitting import SampleArrays
-from overhead_service.measurements import HYPERVISORS, SCOPES, parse_timestamp, storable_text
+from overhead_service.measurements import HYPERVISORS, SCOPES, parse_timestamp
 from overhead_service.report import UPSTREAM_TABLE, default_target, render_report
 from overhead_service.store import get_store
 from overhead_service.web.common import registry
 from overhead_service.web.errors import problem_response
+from overhead_service.web.selectors import query_choice, query_text
 
 __all__ = ["bp", "describe_selection"]
 
@@ -85,19 +86,19 @@ def _query(document: dict[str, Any]) -> tuple[dict[str, Any], str]:
             raise InputError(name, "may be given once")
     hypervisor, arch, scope = default_target(document)
     if "hypervisor" in args:
-        hypervisor = _choice("hypervisor", args["hypervisor"], HYPERVISORS)
+        hypervisor = query_choice("hypervisor", args["hypervisor"], HYPERVISORS)
     if "arch" in args:
-        arch = _text("arch", args["arch"], 64)
+        arch = query_text("arch", args["arch"], 64)
     if "scope" in args:
-        scope = _choice("scope", args["scope"], SCOPES)
+        scope = query_choice("scope", args["scope"], SCOPES)
     run_ids = None
     if "runs" in args:
-        run_ids = [_text("runs", value, 200) for value in args.getlist("runs")]
+        run_ids = [query_text("runs", value, 200) for value in args.getlist("runs")]
         if len(run_ids) > MAX_RUNS:
             raise InputError("runs", f"at most {MAX_RUNS} run ids")
     since = parse_timestamp(args["since"], "since") if "since" in args else None
     until = parse_timestamp(args["until"], "until") if "until" in args else None
-    upstream = _text("upstream", args["upstream"], 200) if "upstream" in args else UPSTREAM_TABLE
+    upstream = query_text("upstream", args["upstream"], 200) if "upstream" in args else UPSTREAM_TABLE
     selector = {
         "hypervisor": hypervisor,
         "arch": arch,
@@ -107,17 +108,3 @@ def _query(document: dict[str, Any]) -> tuple[dict[str, Any], str]:
         "until": until,
     }
     return selector, upstream
-
-
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise InputError(name, f"must be one of: {', '.join(allowed)}")
-    return value
-
-
-def _text(name: str, value: str, max_length: int) -> str:
-    if not value or len(value) > max_length:
-        raise InputError(name, f"must be a non-empty string of at most {max_length} characters")
-    if not storable_text(value):
-        raise InputError(name, "must not contain NUL characters")
-    return value
