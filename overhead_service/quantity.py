@@ -261,6 +261,22 @@ class Quantity:
         total = self.unscaled * 10 ** (self.exp - exp) + other.unscaled * 10 ** (other.exp - exp)
         return Quantity(total, exp, fmt, big=True)
 
+    def sub(self, other: Quantity) -> Quantity:
+        """Go's ``q.Sub(y)`` as a new quantity: exact, with Go's format and form rules.
+
+        A zero receiver takes the operand's format, as in :meth:`add`.  Go's int64 form subtracts
+        by adding the negated operand, and negating the smallest int64 wraps to itself, so that
+        one operand is *added* there (reproduced; only an int64 overflow leaves the int64 form).
+        """
+        fmt = other.format if self.unscaled == 0 else self.format
+        if not self.big and not other.big:
+            summed = _int64_add(self.unscaled, self.exp, wrap_int64(-other.unscaled), other.exp)
+            if summed is not None:
+                return Quantity(summed[0], summed[1], fmt)
+        exp = min(self.exp, other.exp)
+        total = self.unscaled * 10 ** (self.exp - exp) - other.unscaled * 10 ** (other.exp - exp)
+        return Quantity(total, exp, fmt, big=True)
+
     def with_format(self, fmt: Format) -> Quantity:
         return Quantity(self.unscaled, self.exp, fmt, big=self.big)
 

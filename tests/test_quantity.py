@@ -508,6 +508,36 @@ def test_add(a: Quantity, b: Quantity, value: Fraction | int, fmt: Format, big: 
     assert (a.unscaled, a.exp, a.format, a.big) == before  # quantities are immutable
 
 
+SUB_CASES = [
+    # KubeVirt's hugepages step: NewScaledQuantity(0, Kilo) + requests - guest
+    (Quantity(1 << 30, 0, B), parse_quantity("512Mi"), 512 << 20, B, False),
+    (Quantity(5, 0, D), Quantity(1024, 0, B), -1019, D, False),
+    # a zero receiver takes the operand's format (IsZero, in either form)
+    (Quantity(0, 3, D), Quantity(7, 0, B), -7, B, False),
+    (Quantity(0, 0, D, big=True), Quantity(7, 0, B), -7, B, True),
+    (Quantity(0, 0, NONE), Quantity(0, 0, B), 0, B, False),
+    # scales aligned on the finer one; an inf.Dec operand makes the result inf.Dec
+    (Quantity(1, 3), Quantity(5, -1), F(1999, 2), D, False),  # 1000 - 0.5
+    (Quantity(1 << 30, 0, B), parse_quantity("1.5Gi"), -(1 << 29), B, True),
+    # int64 overflow leaves the int64 form, exactly
+    (Quantity(MIN), Quantity(1), MIN - 1, D, True),
+    (Quantity(MAX), Quantity(-1), MAX + 1, D, True),
+    # Go negates the operand in int64: -MIN wraps to MIN, so MIN is *added* when that fits
+    (Quantity(1), Quantity(MIN), 1 + MIN, D, False),
+    (Quantity(-1), Quantity(MIN), F(-1) - MIN, D, True),  # the add overflows: exact decimal
+]
+
+
+@pytest.mark.parametrize(("a", "b", "value", "fmt", "big"), SUB_CASES)
+def test_sub(a: Quantity, b: Quantity, value: Fraction | int, fmt: Format, big: bool) -> None:
+    before = (a.unscaled, a.exp, a.format, a.big)
+    difference = a.sub(b)
+    assert value_of(difference) == value
+    assert difference.format is fmt
+    assert difference.big is big
+    assert (a.unscaled, a.exp, a.format, a.big) == before
+
+
 def test_add_format_follows_the_receiver_at_the_moment_of_the_add() -> None:
     q = Quantity.scaled(0, KILO)
     assert q.format is D
@@ -818,6 +848,20 @@ def test_property_add_is_exact(a: Case, b: Case) -> None:
         assert total.big is False
     else:
         assert total.big is True
+
+
+@settings(max_examples=200, deadline=None)
+@given(quantity_texts(), quantity_texts())
+def test_property_sub_is_exact(a: Case, b: Case) -> None:
+    difference = parse_quantity(a.text).sub(parse_quantity(b.text))
+    with localcontext(_CTX):
+        assert _decimal(difference) == a.value - b.value
+    assert difference.format is (b.fmt if a.value == 0 else a.fmt)
+    negated = (-b.i64[0], b.i64[1]) if b.i64 is not None else None
+    if a.i64 is not None and negated is not None and _go_int64_add_ok(a.i64, negated):
+        assert difference.big is False
+    else:
+        assert difference.big is True
 
 
 @settings(max_examples=200, deadline=None)

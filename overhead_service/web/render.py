@@ -1,0 +1,31 @@
+"""``POST /v1/render``: the virt-launcher compute container's resources, as KubeVirt renders them.
+
+Same media-type and JSON handling as ``POST /v1/overhead``; the domain work is
+:func:`overhead_service.render.render`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response
+
+from overhead_service.render import render
+from overhead_service.web.common import answer_json, json_response, service
+from overhead_service.web.observe import observe_answer
+
+__all__ = ["bp"]
+
+bp = Blueprint("render", __name__, url_prefix="/v1/render")
+
+
+def _render(body: Any) -> dict[str, Any]:
+    return render(body, service())
+
+
+@bp.post("")
+def render_resources() -> Response:
+    """The compute container's requests, limits and overhead annotation for one VMI."""
+    answer = answer_json(_render)
+    observe_answer(answer)  # METRICS: the one call site; it counts the hypervisor decision and table
+    return json_response(answer)
