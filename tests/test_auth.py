@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ from flask import Flask, Response, jsonify
 from flask.testing import FlaskClient
 
 from overhead_service import create_app
-from overhead_service.web.auth import TokenRegistry, parse_tokens, require_role
+from overhead_service.web import auth
+from overhead_service.web.auth import TokenRegistry, TokenSource, parse_tokens, require_role
 from tests.records import sample
 from tests.support import ADMIN_TOKEN, INGEST_TOKEN, create_schema
 
@@ -219,3 +221,151 @@ def test_every_token_is_compared_every_time(monkeypatch: pytest.MonkeyPatch) -> 
         assert (token.name if token else None) == name
         assert len(calls) == 3  # no early exit, found or not
         assert all(len(a) == len(b) == 32 for a, b in calls)  # digests: equal lengths, nothing leaks
+
+
+# --- rotation: TOKENS_FILE is read again when it changes ---------------------------------------------
+
+
+class _Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _rotating_client(app: Flask, path: Path, clock: _Clock, inline: str | None = None) -> FlaskClient:
+    """The app with its tokens read from ``path`` (and ``inline``) on ``clock``'s time."""
+    inline_tokens = parse_tokens(json.loads(inline), "TOKENS") if inline else []
+    app.extensions[auth.EXTENSION] = TokenSource(str(path), inline_tokens, clock=clock)
+    return app.test_client()
+
+
+def _status(client: FlaskClient, secret: str) -> int:
+    return int(_upload(client, {"Authorization": f"Bearer {secret}"}).status_code)
+
+
+def test_a_rewritten_tokens_file_is_read_again_without_a_restart(app: Flask, tmp_path: Path) -> None:
+    path, clock = tmp_path / "tokens.json", _Clock()
+    old, new = "o" * 16, "n" * 20
+    path.write_text(_tokens(("ci", "ingest", old)))
+    client = _rotating_client(app, path, clock)
+    assert _status(client, old) == 200
+    path.write_text(_tokens(("ci", "ingest", new)))  # the old token is removed
+    clock.now += auth.RELOAD_INTERVAL / 2
+    assert _status(client, old) == 200  # not looked at yet: at most once per interval
+    clock.now += auth.RELOAD_INTERVAL
+    assert _status(client, old) == 401
+    assert _status(client, new) == 200
+
+
+def test_a_secret_volume_update_is_seen_through_the_symlinks(app: Flask, tmp_path: Path) -> None:
+    """The kubelet writes a new timestamped directory and swaps the ``..data`` symlink; the file
+    name the pod reads is a symlink through it. The new file has the same size here."""
+    volume, clock = tmp_path / "volume", _Clock()
+    first, second = "a" * 16, "b" * 16
+    (volume / "..2026_11_26_v1").mkdir(parents=True)
+    (volume / "..2026_11_26_v1" / "tokens.json").write_text(_tokens(("ci", "ingest", first)))
+    (volume / "..data").symlink_to("..2026_11_26_v1")
+    (volume / "tokens.json").symlink_to("..data/tokens.json")
+    client = _rotating_client(app, volume / "tokens.json", clock)
+    assert _status(client, first) == 200
+
+    (volume / "..2026_11_26_v2").mkdir()
+    (volume / "..2026_11_26_v2" / "tokens.json").write_text(_tokens(("ci", "ingest", second)))
+    (volume / "..data_tmp").symlink_to("..2026_11_26_v2")
+    (volume / "..data_tmp").replace(volume / "..data")  # atomic rename, as the kubelet does
+    (volume / "..2026_11_26_v1" / "tokens.json").unlink()  # the old version goes
+    (volume / "..2026_11_26_v1").rmdir()
+    clock.now += auth.RELOAD_INTERVAL
+    assert _status(client, first) == 401
+    assert _status(client, second) == 200
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"tokens": [{"name": "x", "role": "root", "token": "r" * 16}]}), "role must be one of"),
+        (None, "cannot read it"),  # the file is gone
+    ],
+)
+def test_a_broken_tokens_file_keeps_the_tokens_in_force(
+    app: Flask, tmp_path: Path, caplog: pytest.LogCaptureFixture, breakage: str | None, message: str
+) -> None:
+    path, clock = tmp_path / "tokens.json", _Clock()
+    kept, fixed = "k" * 16, "f" * 16
+    path.write_text(_tokens(("ci", "ingest", kept)))
+    client = _rotating_client(app, path, clock)
+    if breakage is None:
+        path.unlink()
+    else:
+        path.write_text(breakage)
+    with caplog.at_level(logging.ERROR, logger="overhead_service.web.auth"):
+        for _ in range(3):
+            clock.now += auth.RELOAD_INTERVAL
+            assert _status(client, kept) == 200
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1  # logged once, not at every look
+    assert message in errors[0].getMessage()
+    assert "keeping the 1 tokens in force" in errors[0].getMessage()
+    assert kept not in caplog.text  # never the secrets themselves
+
+    path.write_text(_tokens(("ci", "ingest", fixed)))  # the fix is read at the next look
+    clock.now += auth.RELOAD_INTERVAL
+    assert _status(client, fixed) == 200
+    assert _status(client, kept) == 401
+
+
+def test_inline_tokens_survive_a_reload_and_a_clash_with_them_is_refused(
+    app: Flask, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, clock = tmp_path / "tokens.json", _Clock()
+    inline, in_file = "i" * 16, "f" * 16
+    path.write_text(_tokens(("file", "ingest", in_file)))
+    client = _rotating_client(app, path, clock, inline=_tokens(("inline", "admin", inline)))
+    path.write_text(_tokens(("file", "ingest", inline)))  # the inline token's value again
+    clock.now += auth.RELOAD_INTERVAL
+    with caplog.at_level(logging.ERROR, logger="overhead_service.web.auth"):
+        assert _status(client, in_file) == 200  # the clash is refused: the old set stays
+    assert "the same token value is configured twice" in caplog.text
+    path.write_text(_tokens(("file", "ingest", "g" * 16)))
+    clock.now += auth.RELOAD_INTERVAL
+    assert _status(client, "g" * 16) == 200
+    assert _status(client, inline) == 200
+    assert _status(client, in_file) == 401
+
+
+def test_the_file_is_looked_at_once_per_interval(
+    app: Flask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, clock = tmp_path / "tokens.json", _Clock()
+    path.write_text(_tokens(("ci", "ingest", "s" * 16)))
+    client = _rotating_client(app, path, clock)
+    looks: list[str] = []
+    real = auth._signature
+
+    def counting(name: str) -> tuple[int, int, int, int]:
+        looks.append(name)
+        return real(name)
+
+    monkeypatch.setattr(auth, "_signature", counting)
+    for _ in range(20):
+        assert _status(client, "s" * 16) == 200
+    assert looks == []
+    clock.now += auth.RELOAD_INTERVAL
+    for _ in range(20):
+        assert _status(client, "s" * 16) == 200
+    assert looks == [str(path)]
+
+
+def test_create_app_reads_tokens_file_changes(app_factory: AppFactory, tmp_path: Path) -> None:
+    """The wiring: create_app's token source is a reloading one on TOKENS_FILE."""
+    path = tmp_path / "tokens.json"
+    path.write_text(_tokens(("ci", "ingest", "c" * 16)))
+    app = app_factory(TOKENS=None, TOKENS_FILE=str(path))
+    source = app.extensions[auth.EXTENSION]
+    assert isinstance(source, TokenSource) and source.path == str(path)
+    assert len(source.current()) == 1

@@ -1,7 +1,7 @@
 """Bearer tokens for writes; reads stay open.
 
 Tokens come from the settings ``TOKENS_FILE`` (a path) and ``TOKENS`` (the same JSON inline, or a
-mapping given to ``create_app``), both read once when the application is created::
+mapping given to ``create_app``)::
 
     {"tokens": [{"name": "bench-ci", "role": "ingest", "token": "<at least 16 characters>"},
                 {"name": "alice", "role": "admin", "token": "..."}]}
@@ -9,6 +9,12 @@ mapping given to ``create_app``), both read once when the application is created
 Roles: ``ingest`` may upload measurements; ``admin`` may do that and change tables (fits,
 activation, rollback). A name may have several tokens (rotation); a token value may appear once.
 A malformed token setting stops the application from starting.
+
+Rotation without a restart: the file is read at start-up and again whenever it changes. Each
+worker stats the path (not an open descriptor: a Kubernetes Secret volume is updated by swapping a
+symlink, so the path leads to a new file) at most once per :data:`RELOAD_INTERVAL` seconds, on a
+write request. A changed file that is unreadable or malformed is logged as an error and the tokens
+in force are kept, so a bad edit never locks every writer out (nor lets anyone in).
 
 A route calls :func:`require_role` and gets the caller's token name (the actor recorded in the
 database). The presented token is hashed and compared with every configured token's hash by
@@ -23,10 +29,15 @@ token came closest. Answers (problem+json):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -39,9 +50,11 @@ from overhead_service.web.errors import PROBLEM_JSON
 
 __all__ = [
     "ROLES",
+    "RELOAD_INTERVAL",
     "AuthProblem",
     "Token",
     "TokenRegistry",
+    "TokenSource",
     "init_app",
     "parse_tokens",
     "require_role",
@@ -51,6 +64,9 @@ EXTENSION = "overhead_service.tokens"
 ROLES: Final = ("ingest", "admin")
 MIN_TOKEN_LENGTH: Final = 16
 REALM: Final = "overhead-service"
+RELOAD_INTERVAL: Final = 1.0  # seconds between two looks at TOKENS_FILE, per worker
+
+_log = logging.getLogger(__name__)
 
 # The token roles that satisfy each required role.
 _SATISFIES: Final = {"ingest": frozenset({"ingest", "admin"}), "admin": frozenset({"admin"})}
@@ -104,23 +120,6 @@ class TokenRegistry:
     def __len__(self) -> int:
         return len(self._tokens)
 
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> TokenRegistry:
-        """Tokens from ``TOKENS_FILE`` and ``TOKENS`` (either may be absent)."""
-        tokens: list[Token] = []
-        path = config.get("TOKENS_FILE")
-        if path:
-            try:
-                text = Path(path).read_text()
-            except OSError as exc:
-                raise ValueError(f"TOKENS_FILE {path}: cannot read it: {exc}") from None
-            tokens += parse_tokens(_decode(text, f"TOKENS_FILE {path}"), f"TOKENS_FILE {path}")
-        inline = config.get("TOKENS")
-        if inline:
-            document = _decode(inline, "TOKENS") if isinstance(inline, str | bytes) else inline
-            tokens += parse_tokens(document, "TOKENS")
-        return cls(tokens)
-
     def identify(self, secret: str) -> Token | None:
         """The token whose secret is ``secret``, comparing against every token (constant time)."""
         presented = _digest(secret)
@@ -136,6 +135,103 @@ def _decode(text: str | bytes, source: str) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise ValueError(f"{source}: not valid JSON: {exc}") from None
+
+
+# The file's identity and version as stat sees it: a replaced file has a new inode, an edited one a
+# new mtime or size.
+_Signature = tuple[int, int, int, int]
+
+
+def _signature(path: str) -> _Signature:
+    status = os.stat(path)  # follows symlinks: a Secret volume's ..data swap yields the new file
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+def _read_tokens_file(path: str) -> list[Token]:
+    source = f"TOKENS_FILE {path}"
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ValueError(f"{source}: cannot read it: {exc}") from None
+    return parse_tokens(_decode(text, source), source)
+
+
+class TokenSource:
+    """The tokens in force for one application: the inline ones, plus the file's as of its last
+    change. :meth:`current` is cheap; it looks at the file at most once per ``interval``."""
+
+    def __init__(
+        self,
+        path: str | None,
+        inline: list[Token],
+        *,
+        interval: float = RELOAD_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = path
+        self._inline = tuple(inline)
+        self._interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._signature: _Signature | None = None
+        self._last_error: str | None = None
+        file_tokens: list[Token] = []
+        if path:
+            # Stat before reading: a change in between is then seen, not lost, at the next look.
+            with contextlib.suppress(OSError):  # reading it fails below, with the reason
+                self._signature = _signature(path)
+            file_tokens = _read_tokens_file(path)
+        self._registry = TokenRegistry([*file_tokens, *self._inline])
+        self._next_check = clock() + interval
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> TokenSource:
+        """Tokens from ``TOKENS_FILE`` and ``TOKENS`` (either may be absent); :class:`ValueError`
+        if either is malformed."""
+        inline: list[Token] = []
+        setting = config.get("TOKENS")
+        if setting:
+            document = _decode(setting, "TOKENS") if isinstance(setting, str | bytes) else setting
+            inline = parse_tokens(document, "TOKENS")
+        path = config.get("TOKENS_FILE")
+        return cls(str(path) if path else None, inline)
+
+    def current(self) -> TokenRegistry:
+        """The tokens in force, after re-reading the file if it changed since the last look."""
+        if self.path is None or self._clock() < self._next_check:
+            return self._registry
+        # One thread looks; the others go on with the tokens in force rather than wait for it.
+        if self._lock.acquire(blocking=False):
+            try:
+                self._next_check = self._clock() + self._interval
+                self._reload_if_changed(self.path)
+            finally:
+                self._lock.release()
+        return self._registry
+
+    def _reload_if_changed(self, path: str) -> None:
+        try:
+            signature = _signature(path)
+        except OSError as exc:
+            self._error(f"TOKENS_FILE {path}: cannot read it: {exc}")
+            return
+        if signature == self._signature:
+            return
+        # Remembered even if the new content is bad: the error is logged once, and the next
+        # change (the fix) is read.
+        self._signature = signature
+        try:
+            registry = TokenRegistry([*_read_tokens_file(path), *self._inline])
+        except ValueError as exc:
+            self._error(str(exc))
+            return
+        self._registry, self._last_error = registry, None
+        _log.info("TOKENS_FILE %s changed: %d tokens in force now", path, len(registry))
+
+    def _error(self, message: str) -> None:
+        if message != self._last_error:  # once per distinct problem, not once per second
+            _log.error("%s; keeping the %d tokens in force", message, len(self._registry))
+        self._last_error = message
 
 
 # --- answers ---------------------------------------------------------------------------------------
@@ -194,7 +290,8 @@ def require_role(role: str) -> str:
     before reading the body.
     """
     allowed = _SATISFIES[role]
-    tokens: TokenRegistry = current_app.extensions[EXTENSION]
+    source: TokenSource = current_app.extensions[EXTENSION]
+    tokens = source.current()
     if not len(tokens):
         raise WritesDisabled(
             "writes are disabled: no API tokens are configured "
@@ -228,5 +325,5 @@ def _on_auth_problem(error: AuthProblem) -> Response:
 
 def init_app(app: Flask) -> None:
     """Read the tokens (a bad setting raises :class:`ValueError`) and register the error handler."""
-    app.extensions[EXTENSION] = TokenRegistry.from_config(app.config)
+    app.extensions[EXTENSION] = TokenSource.from_config(app.config)
     app.register_error_handler(AuthProblem, _on_auth_problem)
