@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from overhead_service.app import create_app
+from typing import TYPE_CHECKING, Any
+
 from overhead_service.errors import (
     InputError,
     InvalidQuantity,
@@ -14,6 +15,9 @@ from overhead_service.errors import (
 from overhead_service.quantity import Quantity, parse_quantity
 from overhead_service.service import OverheadService
 from overhead_service.tables import TableRegistry
+
+if TYPE_CHECKING:
+    from overhead_service.app import create_app
 
 __all__ = [
     "InputError",
@@ -28,3 +32,13 @@ __all__ = [
     "create_app",
     "parse_quantity",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # create_app brings in the web layer and prometheus_client, so it is imported on first use:
+    # gunicorn_conf, inside this package, must set PROMETHEUS_MULTIPROC_DIR before that import.
+    if name == "create_app":
+        from overhead_service.app import create_app
+
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

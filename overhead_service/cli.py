@@ -1,7 +1,9 @@
-"""The ``overhead-service`` command: ``serve``, ``init-db``, ``compute FILE``, ``tables`` and ``report``.
+"""The ``overhead-service`` command: ``serve``, ``init-db``, ``compute FILE``, ``render FILE``,
+``tables`` and ``report``.
 
-``compute`` prints exactly the JSON that ``POST /v1/overhead`` answers for the same input, and a
-bad input prints the same problem document (to stderr, exit status 2).
+``compute`` prints exactly the JSON that ``POST /v1/overhead`` answers for the same input (``render``
+what ``POST /v1/render`` answers), and a bad input prints the same problem document (to stderr,
+exit status 2).
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from overhead_service import config as settings
-from overhead_service import jsonio
+from overhead_service import jsonio, multiproc
 from overhead_service.errors import InputError, UnknownTable, problem
 from overhead_service.fitting import SampleArrays
 from overhead_service.measurements import parse_timestamp, validate_record
+from overhead_service.render import render as render_resources
 from overhead_service.report import UPSTREAM_TABLE, default_target, render_report
 from overhead_service.service import OverheadService
 from overhead_service.store import Store, get_store
@@ -133,6 +136,18 @@ def compute(
             load_document(file.read()), hypervisor=hypervisor, table=table, cpu_arch=cpu_arch, ratio=ratio
         )
         answer = _service().compute(body)
+    except InputError as error:
+        _fail(error)
+    click.echo(jsonio.dumps(answer))
+
+
+@main.command(short_help="Print the launcher pod's compute resources, as POST /v1/render answers.")
+@click.argument("file", type=click.File("rb"))
+def render(file: IO[bytes]) -> None:
+    """Print the compute container's resources for FILE: a render request (or a bare VMI), as YAML
+    or JSON ('-' for stdin)."""
+    try:
+        answer = render_resources(request_body(load_document(file.read())), _service())
     except InputError as error:
         _fail(error)
     click.echo(jsonio.dumps(answer))
@@ -300,6 +315,9 @@ def gunicorn_argv(bind: str, workers: int | None) -> list[str]:
 def serve(bind: str, workers: int | None) -> None:
     """Run the HTTP API under gunicorn."""
     argv = gunicorn_argv(bind, workers)
+    # Prometheus multiprocess mode needs the directory in gunicorn's environment from its first
+    # line (prometheus_client reads it once, at import): the operator's, else a private one.
+    multiproc.ensure_dir()
     sys.stdout.flush()
     # exec: gunicorn's master becomes this process, so signals (SIGTERM from the kubelet) reach it.
     os.execv(argv[0], argv)

@@ -14,6 +14,9 @@
 - ``FIT_TARGET``: the coverage a fit aims for when the request names none; default 0.995.
 - ``ACTIVATION_MIN_SAMPLES``: fewest samples behind a fit that may be activated unforced;
   default 250 (a fit at the default target with 5 folds needs 249).
+- ``LOG_LEVEL``: ``debug``, ``info``, ``warning``, ``error`` or ``critical`` (any case); default
+  ``info``. One access line per request is logged at ``info`` (``warning`` for a hypervisor
+  fallback), so ``warning`` keeps only fallbacks and errors.
 
 ``<root>`` is the source checkout when the package runs from one (``make serve``), else the
 current directory. Keys of the mapping that are not listed here (``TESTING`` …) go to Flask as they are.
@@ -25,6 +28,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from overhead_service.logs import parse_level
 
 __all__ = ["ENV_PREFIX", "KEYS", "default_database_url", "resolve"]
 
@@ -39,6 +44,7 @@ KEYS = (
     "SYNC_SECONDS",
     "FIT_TARGET",
     "ACTIVATION_MIN_SAMPLES",
+    "LOG_LEVEL",
 )
 
 
@@ -66,6 +72,7 @@ def _defaults() -> dict[str, Any]:
         "SYNC_SECONDS": 2.0,
         "FIT_TARGET": 0.995,
         "ACTIVATION_MIN_SAMPLES": 250,
+        "LOG_LEVEL": "info",
     }
 
 
@@ -119,5 +126,6 @@ def resolve(
     if minimum != int(minimum):
         raise ValueError(f"{sources['ACTIVATION_MIN_SAMPLES']} must be a whole number")
     settings["ACTIVATION_MIN_SAMPLES"] = int(minimum)
+    settings["LOG_LEVEL"] = parse_level(settings["LOG_LEVEL"], sources["LOG_LEVEL"])
     settings.update(config)
     return settings

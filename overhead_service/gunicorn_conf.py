@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from gunicorn.config import KNOWN_SETTINGS  # type: ignore[import-untyped]  # gunicorn ships no types
+from gunicorn.glogging import Logger as _GunicornLogger  # type: ignore[import-untyped]
 
 # Underscored: gunicorn reads every module-level name that is one of its settings.
+from overhead_service import multiproc as _multiproc
 from overhead_service.config import resolve as _resolve_settings
+from overhead_service.logs import gunicorn_logconfig as _gunicorn_logconfig
 from overhead_service.store import Store as _Store
 
-__all__ = ["cpu_count", "default_workers", "on_starting"]
+__all__ = ["NoAccessLogger", "child_exit", "cpu_count", "default_workers", "on_exit", "on_starting"]
 
 
 def cpu_count() -> int:
@@ -61,11 +65,24 @@ if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
 
 
 def on_starting(server: Any) -> None:
-    """In the master, before any worker forks: create or upgrade the database schema, once.
+    """In the master, before any worker forks: prepare the metrics directory and create or
+    upgrade the database schema, once.
+
+    The workers import the application, and with it prometheus_client, after they fork, so the
+    directory is in their environment from the start: ``$PROMETHEUS_MULTIPROC_DIR`` (set by
+    ``overhead-service serve`` or the pod spec), else a private one for a bare ``gunicorn`` run.
+    The previous run's files are wiped (an emptyDir outlives a container restart).
 
     A failure (database unreachable, schema newer than the code) stops gunicorn: the pod restarts
     and tries again, rather than serving without a schema.
     """
+    if "prometheus_client" in sys.modules and not os.environ.get(_multiproc.ENV):
+        # --preload, or an import in the master: the workers would inherit in-memory metrics.
+        raise RuntimeError(
+            f"prometheus_client was imported before {_multiproc.ENV} was set, so the workers would "
+            f"not share their metrics: set {_multiproc.ENV} in the environment that starts gunicorn"
+        )
+    _multiproc.wipe(_multiproc.ensure_dir())
     store = _Store(_resolve_settings()["DATABASE_URL"])
     try:
         store.create_schema()
@@ -76,6 +93,32 @@ def on_starting(server: Any) -> None:
         store.dispose()  # no connection may cross the fork
 
 
-accesslog = None  # no log line per request on the VM-start hot path
+def child_exit(server: Any, worker: Any) -> None:
+    """In the master, when a worker has exited (or was killed): drop its live gauges' files, so a
+    restarted worker does not show the active table twice. Its counters stay: they still count."""
+    from prometheus_client import multiprocess  # here: the master needs it for nothing else
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]  # untyped in the library
+
+
+def on_exit(server: Any) -> None:
+    """Remove the metrics directory if it was made for this run (a mounted one stays)."""
+    _multiproc.remove_private_dir()
+
+
+class NoAccessLogger(_GunicornLogger):  # type: ignore[misc]  # gunicorn ships no types
+    """gunicorn's logger without its access log: the application writes one JSON line per request
+    (with its request id). gunicorn would otherwise build the access record of every request once
+    ``logconfig_dict`` is set, only for the silenced ``gunicorn.access`` logger to drop it."""
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        return None
+
+
+# JSON lines on stderr, for gunicorn's own messages as for the application's (overhead_service.logs).
+_log_level = _resolve_settings()["LOG_LEVEL"]
+accesslog = None
 errorlog = "-"
-loglevel = "info"
+loglevel = _log_level
+logger_class = NoAccessLogger
+logconfig_dict = _gunicorn_logconfig(_log_level)

@@ -17,7 +17,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["GATE_CONFIGURABLE", "GATE_L1VH", "HypervisorDecision", "NodeFacts", "Reason", "select"]
+__all__ = [
+    "FALLBACK_REASONS",
+    "GATE_CONFIGURABLE",
+    "GATE_L1VH",
+    "REMEDIATION",
+    "HypervisorDecision",
+    "NodeFacts",
+    "Reason",
+    "select",
+]
 
 GATE_CONFIGURABLE: Final = "ConfigurableHypervisor"
 GATE_L1VH: Final = "HyperVL1VH"
@@ -34,6 +43,23 @@ class Reason:
     L1VH_FEATURE_GATE = "l1vh-feature-gate"
     MSHV_DEVICE_UNAVAILABLE = "mshv-device-unavailable"
     EMULATION = "emulation-no-device"
+
+
+# What an operator can do about a decision that did not get the hypervisor asked for, by reason.
+# Logged with every such answer; the keys are the reasons counted as fallbacks in the metrics.
+REMEDIATION: Final[dict[str, str]] = {
+    Reason.MSHV_DEVICE_UNAVAILABLE: (
+        "the HyperVL1VH feature gate asked for mshv but the node has no /dev/mshv, so the VMI runs on "
+        "kvm: the node must be an L1VH host with the mshv driver loaded, exposing /dev/mshv through "
+        "the KubeVirt device plugin as the resource devices.kubevirt.io/mshv"
+    ),
+    Reason.EMULATION: (
+        "the node exposes neither /dev/kvm nor /dev/mshv, so the VM runs under QEMU TCG (software "
+        "emulation, much slower) because useEmulation is on: give the node a hypervisor device "
+        "(devices.kubevirt.io/kvm or devices.kubevirt.io/mshv) or schedule the VMI elsewhere"
+    ),
+}
+FALLBACK_REASONS: Final = frozenset(REMEDIATION)
 
 
 @dataclass(frozen=True, slots=True)

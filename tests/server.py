@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,9 +34,17 @@ class GunicornServer:
     """``gunicorn -c python:overhead_service.gunicorn_conf`` on a free loopback port; a context manager."""
 
     def __init__(
-        self, database_url: str, *, tokens: str, workers: int = 2, threads: int | None = None
+        self,
+        database_url: str,
+        *,
+        tokens: str,
+        workers: int = 2,
+        threads: int | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """``env``: more environment variables for gunicorn (e.g. ``PROMETHEUS_MULTIPROC_DIR``)."""
         self.database_url = database_url
+        self.env = dict(env or {})
         self.tokens = tokens
         self.workers = workers
         self.threads = threads
@@ -56,6 +65,7 @@ class GunicornServer:
         argv.append("overhead_service:create_app()")
         env = {k: v for k, v in os.environ.items() if not k.startswith("OVERHEAD_")}
         env.update({"OVERHEAD_DATABASE_URL": self.database_url, "OVERHEAD_TOKENS": self.tokens})
+        env.update(self.env)
         with self._log.open("wb") as log:  # the child keeps its own descriptor
             self._process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -84,9 +94,25 @@ class GunicornServer:
                 self._process.wait()
         return self._process.returncode
 
-    def log(self) -> str:
-        """The end of gunicorn's output."""
-        return self._log.read_text(errors="replace")[-5000:]
+    @property
+    def pid(self) -> int:
+        """The gunicorn master's process id (0 before start)."""
+        return self._process.pid if self._process is not None else 0
+
+    def worker_pids(self) -> list[int]:
+        """The master's children: its workers (read from /proc, Linux only)."""
+        if self._process is None:
+            return []
+        children = Path(f"/proc/{self._process.pid}/task/{self._process.pid}/children")
+        try:
+            return [int(pid) for pid in children.read_text().split()]
+        except FileNotFoundError:  # the master has exited
+            return []
+
+    def log(self, tail: int | None = 5000) -> str:
+        """The end of gunicorn's output (its last ``tail`` characters; None: all of it)."""
+        text = self._log.read_text(errors="replace")
+        return text if tail is None else text[-tail:]
 
     def __enter__(self) -> GunicornServer:
         return self.start()

@@ -34,6 +34,7 @@ def test_defaults_when_nothing_is_set() -> None:
         "SYNC_SECONDS": 2.0,
         "FIT_TARGET": 0.995,
         "ACTIVATION_MIN_SAMPLES": 250,
+        "LOG_LEVEL": "info",
     }
 
 

@@ -136,6 +136,70 @@ def test_compute_bad_ratio_option_exits_2(runner: FlaskCliRunner, tmp_path: Path
     assert problem["errors"][0]["path"] == "kubevirtConfiguration.additionalGuestMemoryOverheadRatio"
 
 
+RENDER_YAML = """\
+vmi:
+  spec:
+    domain:
+      cpu: {cores: 2}
+      resources:
+        requests: {memory: 1Gi}
+      memory:
+        hugepages: {pageSize: 2Mi}
+kubevirtConfiguration:
+  developerConfiguration: {cpuAllocationRatio: 4}
+namespace:
+  resourceQuotaLimitsMemory: true
+"""
+
+
+def test_render_yaml_request_prints_the_api_answer(
+    runner: FlaskCliRunner, client: FlaskClient, tmp_path: Path
+) -> None:
+    path = tmp_path / "render.yaml"
+    path.write_text(RENDER_YAML)
+    result = runner.invoke(cli.main, ["render", str(path)])
+    assert result.exit_code == 0, result.output
+    response = client.post("/v1/render", json=yaml.safe_load(RENDER_YAML))
+    assert response.status_code == 200
+    assert result.stdout == response.get_data(as_text=True) + "\n"
+    requests = json.loads(result.stdout)["resources"]["requests"]
+    assert (requests["hugepages-2Mi"], requests["cpu"]) == ("1Gi", "500m")
+
+
+def test_render_reads_a_bare_vmi_from_stdin(
+    runner: FlaskCliRunner, client: FlaskClient, vmi: dict[str, Any]
+) -> None:
+    result = runner.invoke(cli.main, ["render", "-"], input=json.dumps(vmi))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == client.post("/v1/render", json={"vmi": vmi}).get_data(as_text=True) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "path"),
+    [
+        ('{"vmi": {}, "namespace": {"labels": {"a": 1}}}', "namespace.labels.a"),
+        (
+            "spec:\n  domain:\n    memory:\n      hugepages: {pageSize: 2}\n",
+            "vmi.spec.domain.memory.hugepages.pageSize",
+        ),
+        ("spec: [unclosed\n", ""),
+    ],
+)
+def test_render_bad_input_exits_2_with_the_problem(
+    runner: FlaskCliRunner, client: FlaskClient, tmp_path: Path, content: str, path: str
+) -> None:
+    file = tmp_path / "bad.yaml"
+    file.write_text(content)
+    result = runner.invoke(cli.main, ["render", str(file)])
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    problem = json.loads(result.stderr)
+    assert problem["errors"][0]["path"] == path
+    if path:  # the API answers the same document for the same body
+        body = cli.request_body(cli.load_document(content.encode()))
+        assert problem == client.post("/v1/render", json=body).get_json()
+
+
 def test_yaml_numbers_stay_exact() -> None:
     document = cli.load_document(b"spec:\n  memory: 1073741824.1\n  when: 2026-01-02T03:04:05Z\n")
     assert str(document["spec"]["memory"]) == "1073741824.1"

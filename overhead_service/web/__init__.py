@@ -11,7 +11,10 @@ from overhead_service.web import (
     fits,
     health,
     measurements,
+    metrics,
+    observe,
     overhead,
+    render,
     reports,
     spec,
     tables,
@@ -22,8 +25,9 @@ __all__ = ["init_app"]
 
 def init_app(app: Flask) -> None:
     """Register the error handlers and every blueprint."""
+    observe.init_app(app)  # request ids, HTTP metrics, one access line per request
     errors.init_app(app)
     auth.init_app(app)
     spec.init_app(app)
-    for module in (overhead, tables, reports, fits, activations, measurements, health, spec):
+    for module in (overhead, render, tables, reports, fits, activations, measurements, health, spec, metrics):
         app.register_blueprint(module.bp)

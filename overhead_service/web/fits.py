@@ -8,6 +8,7 @@ worker at once (the others catch up through :mod:`overhead_service.web.sync`).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app
@@ -17,6 +18,7 @@ from overhead_service.errors import InputError
 from overhead_service.store import get_store
 from overhead_service.web.auth import require_role
 from overhead_service.web.common import json_response, read_json, registry
+from overhead_service.web.metrics import FIT_SECONDS, FITS
 from overhead_service.web.selectors import measurement_selector
 from overhead_service.web.sync import get_sync
 
@@ -32,7 +34,16 @@ _FIELDS = frozenset(
 @bp.post("")
 def create_fit() -> Response:
     """Fit the constants of ``parent``'s model for (hypervisor, arch, scope) to the measurements."""
-    actor = require_role("admin")
+    actor = require_role("admin")  # an unauthorised request is no fit at all: not counted
+    try:
+        return _create_fit(actor)
+    except Exception:
+        FITS.labels("failed").inc()
+        raise
+
+
+def _create_fit(actor: str) -> Response:
+    started = time.perf_counter()
     body = read_json()
     if type(body) is not dict:
         raise InputError("", "the request must be a JSON object")
@@ -63,6 +74,7 @@ def create_fit() -> Response:
     )
     existing = store.get_table(table_id)
     if existing is not None:  # the same inputs name the same immutable table
+        FITS.labels("existing").inc()
         return json_response({"table": _summary(existing), "report": existing["document"].get("fit")})
     document, report = fitting.fit_arrays(
         fitting.SampleArrays.of(**columns),
@@ -81,6 +93,8 @@ def create_fit() -> Response:
     get_sync(current_app).refresh()
     stored = store.get_table(table_id)
     assert stored is not None
+    FITS.labels("created").inc()
+    FIT_SECONDS.observe(time.perf_counter() - started)
     response = json_response({"table": _summary(stored), "report": report.to_json()}, status=201)
     response.headers["Location"] = f"/v1/tables/{table_id}"
     return response

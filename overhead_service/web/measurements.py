@@ -22,11 +22,12 @@ from typing import Any, Final
 
 from flask import Blueprint, Response, request
 
-from overhead_service.errors import InputError
+from overhead_service.errors import InputError, InvalidRecords
 from overhead_service.measurements import HYPERVISORS, SCOPES, parse_timestamp, validate_batch
 from overhead_service.store import get_store
 from overhead_service.web.auth import require_role
 from overhead_service.web.common import json_response, read_json
+from overhead_service.web.metrics import MEASUREMENTS
 from overhead_service.web.overhead import gc_paused
 from overhead_service.web.selectors import query_choice, query_text
 
@@ -54,8 +55,15 @@ def ingest() -> Response:
             raise InputError(sorted(unknown)[0], "unknown field; allowed: records")
         if "records" not in body:
             raise InputError("records", "is required")
-        records = validate_batch(body["records"])
+        try:
+            records = validate_batch(body["records"])
+        except InvalidRecords:
+            # Atomic: a bad record refuses the whole batch, so every record of it counts as rejected.
+            MEASUREMENTS.labels("rejected").inc(len(body["records"]))
+            raise
         result = get_store().add_measurements(records, ingested_by=actor)
+    MEASUREMENTS.labels("ingested").inc(result.stored)
+    MEASUREMENTS.labels("duplicate").inc(result.duplicates)
     return json_response(
         {
             "stored": result.stored,

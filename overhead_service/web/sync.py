@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Flask
@@ -21,6 +22,7 @@ from overhead_service.errors import OverheadServiceError
 from overhead_service.service import OverheadService
 from overhead_service.store import Store
 from overhead_service.tables import TableRegistry, compile_table
+from overhead_service.web.metrics import ActiveTable, publish_active_tables
 
 __all__ = ["TableSync", "init_app", "get_sync"]
 
@@ -62,7 +64,29 @@ class TableSync:
                 log.warning("table sync failed (will retry): %s", exc)
                 return False
             self.version = version
+            self.publish()
             return True
+
+    def publish(self) -> None:
+        """Show the active choice in the metrics (the tables requests get, and fit coverage)."""
+        publish_active_tables(self.active_tables())
+
+    def active_tables(self) -> Iterator[ActiveTable]:
+        """Every (hypervisor, arch) with its table: the activated ones, and for each hypervisor
+        without an activation for every arch (``*``), the default table."""
+        active = self.service.active
+        for hypervisor in ("kvm", "mshv"):
+            active.setdefault((hypervisor, "*"), self.service.default_table)
+        for (hypervisor, arch), table_id in sorted(active.items()):
+            table = self.registry.get(table_id)
+            model = table.model_for(hypervisor, arch)
+            provisional = (
+                model.provisional
+                if model is not None
+                else any(m.provisional for m in table.models if m.hypervisor == hypervisor)
+            )
+            coverage, target = _fit_coverage(table.document)
+            yield ActiveTable(hypervisor, arch, table_id, provisional, coverage, target)
 
     def start(self) -> None:
         """Poll in a daemon thread; safe to call in every worker (one thread per process)."""
@@ -81,8 +105,22 @@ class TableSync:
 def init_app(app: Flask, store: Store, registry: TableRegistry, service: OverheadService) -> None:
     sync = TableSync(store, registry, service, float(app.config["SYNC_SECONDS"]))
     app.extensions[EXTENSION] = sync
-    sync.refresh(force=True)  # at start-up, not on a request
+    if not sync.refresh(force=True):  # at start-up, not on a request
+        sync.publish()  # no database yet: the default tables are what requests get
     sync.start()
+
+
+def _fit_coverage(document: Any) -> tuple[float | None, float | None]:
+    """The held-out coverage and its target from a fitted table's report; (None, None) otherwise."""
+    fit = document.get("fit")
+    if not isinstance(fit, dict):
+        return None, None
+    held_out = fit.get("heldOut")
+    coverage = held_out.get("coverage") if isinstance(held_out, dict) else None
+    target = fit.get("target")
+    if isinstance(coverage, int | float) and isinstance(target, int | float):
+        return float(coverage), float(target)
+    return None, None
 
 
 def get_sync(app: Any) -> TableSync:
