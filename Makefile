@@ -36,7 +36,9 @@ help:
 	@echo "make lint    ruff check, ruff format --check, mypy"
 	@echo "make bench   run benchmarks/bench_overhead.py"
 	@echo "make bench-ingest  run benchmarks/bench_ingest.py (SQLite and a throwaway PostgreSQL)"
+	@echo "make bench-load    run benchmarks/bench_load.py (/v1/overhead vs /healthz at 1..64 connections)"
 	@echo "make init-db create or upgrade the database schema (DATABASE_URL; serve does it too)"
+	@echo "make image   build the container image with docker or podman (IMAGE=...; not run in CI)"
 	@echo "make measure boot QEMU guests and measure them (MEASURE_CONFIG, MEASURE_ARGS; see benchmarks/measure)"
 
 # --- environments -----------------------------------------------------------------------------
@@ -87,6 +89,11 @@ bench: install bench-deps
 bench-ingest: install-test
 	$(BIN)/python benchmarks/bench_ingest.py
 
+# Load at rising concurrency (wrk when installed, else a built-in client); bounded by --max-seconds.
+.PHONY: bench-load
+bench-load: install bench-deps
+	$(BIN)/python benchmarks/bench_load.py $(BENCH_LOAD_ARGS)
+
 # Real QEMU/KVM measurements (benchmarks/measure): e.g.
 #   make measure MEASURE_CONFIG=benchmarks/measure/grid-small.yaml MEASURE_ARGS='--url http://svc:8080 --token T'
 MEASURE_CONFIG ?= benchmarks/measure/smoke.yaml
@@ -97,6 +104,14 @@ measure: install system-deps
 
 init-db: install
 	$(BIN)/overhead-service init-db
+
+# The container image (Dockerfile; docs/operations.md). Needs docker or podman, which CI does not
+# have: tests/test_image.py checks the Dockerfile statically and runs the service as the image would.
+CONTAINER_ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null || echo docker)
+IMAGE ?= overhead-service:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+.PHONY: image
+image:
+	$(CONTAINER_ENGINE) build -t $(IMAGE) .
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

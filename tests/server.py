@@ -75,9 +75,11 @@ class GunicornServer:
             try:
                 if requests.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            # A timeout too: on a busy machine the first request can wait for a worker to boot.
+            except (requests.ConnectionError, requests.Timeout):
                 pass
             if time.monotonic() > deadline:
+                self.stop()  # `with` calls no __exit__ when __enter__ fails: do not leave it running
                 raise RuntimeError(f"gunicorn not ready within {timeout} s:\n{self.log()}")
             time.sleep(0.1)
 

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from overhead_service.errors import PROBLEM_BASE
 from overhead_service.store import Store
 
-__all__ = ["ADMIN_TOKEN", "INGEST_TOKEN", "TOKENS", "create_schema"]
+__all__ = [
+    "ADMIN_TOKEN",
+    "INGEST_TOKEN",
+    "SEMANTIC_PROBLEMS",
+    "SEMANTIC_RECORD_MESSAGES",
+    "TOKENS",
+    "create_schema",
+    "semantic_problem",
+]
 
 INGEST_TOKEN = "ingest-token-for-tests-0123456789"
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
@@ -28,3 +38,38 @@ def create_schema(url: str) -> None:
         store.create_schema()
     finally:
         store.dispose()
+
+
+# --- schemathesis (tests/test_openapi.py in-process, tests/test_openapi_live.py against gunicorn) --
+
+# Valid by the schema but refused by rules a schema cannot state: the table must exist, the ratio
+# must be a finite number Go parses, and the overhead must fit in 64-bit bytes. Measurement records
+# must be consistent (overheadBytes = rawBytes - guestTouchedBytes, touched <= guest RAM + 64 MiB,
+# the accelerator runs the hypervisor) and measured at a plausible time.
+# 422s a schema cannot foresee: which table ids exist, which ratio strings Go parses, whether the
+# selected measurements suffice for a fit.
+SEMANTIC_PROBLEMS = {
+    PROBLEM_BASE + "unknown-table",
+    PROBLEM_BASE + "invalid-ratio",
+    PROBLEM_BASE + "not-enough-data",
+    PROBLEM_BASE + "not-in-table",
+}
+SEMANTIC_RECORD_MESSAGES = (
+    "must equal rawBytes - guestTouchedBytes",
+    "must be at most vm.guestMemoryBytes + 64 MiB",
+    "does not run hypervisor",
+    "is in the future",
+    "is before 2000-01-01",
+)
+
+
+def semantic_problem(problem: dict[str, Any]) -> bool:
+    """Whether a 422 problem document rejects schema-valid input for one of the reasons above."""
+    if problem["type"] == PROBLEM_BASE + "invalid-records":
+        return all(
+            any(message in error["message"] for message in SEMANTIC_RECORD_MESSAGES)
+            for error in problem["errors"]
+        )
+    return problem["type"] in SEMANTIC_PROBLEMS or all(
+        "overflow 64-bit" in error["message"] for error in problem["errors"]
+    )

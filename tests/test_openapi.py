@@ -19,10 +19,9 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from overhead_service import create_app, jsonio
-from overhead_service.errors import PROBLEM_BASE
 from overhead_service.store import get_store
 from overhead_service.web.spec import load_spec
-from tests.support import ADMIN_TOKEN, TOKENS, create_schema
+from tests.support import ADMIN_TOKEN, TOKENS, create_schema, semantic_problem
 
 SPEC = Path(__file__).resolve().parent.parent / "openapi.yaml"
 
@@ -61,48 +60,17 @@ def test_every_route_is_in_the_spec_and_back(app: Flask) -> None:
 
 schema = schemathesis.openapi.from_path(SPEC, config=SchemathesisConfig.from_dict({"seed": 20260101}))
 
-# Valid by the schema but refused by rules a schema cannot state: the table must exist, the ratio
-# must be a finite number Go parses, and the overhead must fit in 64-bit bytes. Measurement records
-# must be consistent (overheadBytes = rawBytes - guestTouchedBytes, touched <= guest RAM + 64 MiB,
-# the accelerator runs the hypervisor) and measured at a plausible time.
-# 422s a schema cannot foresee: which table ids exist, which ratio strings Go parses, whether the
-# selected measurements suffice for a fit.
-SEMANTIC_PROBLEMS = {
-    PROBLEM_BASE + "unknown-table",
-    PROBLEM_BASE + "invalid-ratio",
-    PROBLEM_BASE + "not-enough-data",
-    PROBLEM_BASE + "not-in-table",
-}
-SEMANTIC_RECORD_MESSAGES = (
-    "must equal rawBytes - guestTouchedBytes",
-    "must be at most vm.guestMemoryBytes + 64 MiB",
-    "does not run hypervisor",
-    "is in the future",
-    "is before 2000-01-01",
-)
-
-
-def _semantic(problem: dict[str, Any]) -> bool:
-    if problem["type"] == PROBLEM_BASE + "invalid-records":
-        return all(
-            any(message in error["message"] for message in SEMANTIC_RECORD_MESSAGES)
-            for error in problem["errors"]
-        )
-    return problem["type"] in SEMANTIC_PROBLEMS or all(
-        "overflow 64-bit" in error["message"] for error in problem["errors"]
-    )
-
 
 @schemathesis.check
 def valid_requests_are_accepted(ctx: Any, response: Any, case: Any) -> bool | None:
-    """schemathesis' positive_data_acceptance, except for the semantic 422s above."""
+    """schemathesis' positive_data_acceptance, except for the semantic 422s (tests/support.py)."""
     if case.meta is None or not case.meta.generation.mode.is_positive:
         return None
     if response.status_code < 400 or response.status_code == 404:  # 404: GET /v1/tables/{unknown}
         return None
     if response.status_code == 409:  # a state conflict (activation not earned, nothing to roll back)
         return None
-    if response.status_code == 422 and _semantic(jsonio.loads(response.content)):
+    if response.status_code == 422 and semantic_problem(jsonio.loads(response.content)):
         return None
     raise AssertionError(f"Valid data rejected with {response.status_code}: {response.text[:1000]}")
 
