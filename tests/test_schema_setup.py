@@ -82,6 +82,8 @@ def test_init_db_hides_the_password_and_fails_clearly(tmp_path: Path) -> None:
 def test_gunicorn_creates_the_schema_in_the_master(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"sqlite:///{tmp_path / 'gunicorn.db'}"
     monkeypatch.setenv("OVERHEAD_DATABASE_URL", url)
+    # This process has imported prometheus_client already: the hook insists on a metrics directory.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
     gunicorn_conf.on_starting(SimpleNamespace())
     gunicorn_conf.on_starting(SimpleNamespace())  # a restart: nothing to do
     assert "activations" in _tables(url)
@@ -91,5 +93,6 @@ def test_gunicorn_refuses_to_start_without_a_schema(tmp_path: Path, monkeypatch:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("OVERHEAD_DATABASE_URL", f"sqlite:///{blocker}/x.db")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
     with pytest.raises(Exception, match="unable to open database file"):
         gunicorn_conf.on_starting(SimpleNamespace())
