@@ -1255,7 +1255,14 @@ def _draft(
     else:
         entry = models[position]
     entry["arch"] = arch
-    entry["provisional"] = False
+    # A provisional model (mshv: nobody has measured it) stays provisional until what it charges is
+    # measured: the pod's group (scope pod, or qemu for its QEMU part) and, if it has one, the
+    # node's. A node-only fit still carries upstream's copied pod constants.
+    measured = sorted({*entry.get("measuredScopes", ()), scope})
+    entry["measuredScopes"] = measured
+    pod_measured = "pod" in measured or "qemu" in measured
+    node_measured = "node" in measured or not entry.get("nodeComponents")
+    entry["provisional"] = bool(entry.get("provisional", False)) and not (pod_measured and node_measured)
     group: list[dict[str, Any]] = entry["nodeComponents" if scope == "node" else "components"]
     owners = model.node_components if scope == "node" else model.components
     where = {id(c): i for i, c in enumerate(owners)}

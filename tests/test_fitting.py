@@ -548,7 +548,9 @@ def test_node_scope_fits_the_node_group() -> None:
     assert within(report.component("vcpus"), 400 * 1024)
     assert within(report.component("pfnArray"), 2.5 * Mi / Gi)
     arches = [(m["hypervisor"], m["arch"], m["provisional"]) for m in document["models"]]
-    assert arches == [("kvm", "*", False), ("mshv", "amd64", False), ("mshv", "*", True)]
+    # Still provisional: the pod group is the parent's unmeasured copy.
+    assert arches == [("kvm", "*", False), ("mshv", "amd64", True), ("mshv", "*", True)]
+    assert document["models"][1]["measuredScopes"] == ["node"]
     mshv = document["models"][1]
     assert document["models"][2] == parent["models"][1]
     assert mshv["components"] == PARENT["models"][1]["components"]  # the pod group is untouched
@@ -852,3 +854,31 @@ def test_sample_from_record_errors(change: dict[str, Any], path: str) -> None:
     with pytest.raises(InputError) as err:
         fitting.sample_from_record(record, path="measurements[3]")
     assert err.value.path == path
+
+
+@pytest.mark.parametrize("pod_scope", ["pod", "qemu"])
+def test_a_provisional_model_is_measured_once_both_groups_are_fitted(pod_scope: str) -> None:
+    parent = copy.deepcopy(PARENT)
+    parent["id"] = "with-node"
+    parent["models"][1]["nodeComponents"] = [
+        {"name": "partition", "term": "fixed", "quantity": "832Ki"},
+        {"name": "vcpus", "term": "perVcpu", "quantity": "360Ki"},
+    ]
+    assert parent["models"][1]["provisional"] is True
+    node_arrays = synthetic(600, seed=61, fixed=Mi, per_vcpu=400 * 1024, per_gib=0.0, graphics=0, sigma=1e4)
+    after_node, _ = run_fit(node_arrays, parent=parent, hypervisor="mshv", scope="node", new_id="fit-node")
+    assert model_of(after_node, "mshv").provisional  # the pod group is still upstream's copy
+
+    after_pod, _ = run_fit(
+        synthetic(600, seed=62), parent=after_node, hypervisor="mshv", scope=pod_scope, new_id="fit-both"
+    )
+    entry = after_pod["models"][1]
+    assert (entry["arch"], entry["measuredScopes"]) == ("amd64", sorted(["node", pod_scope]))
+    assert not model_of(after_pod, "mshv").provisional
+    assert model_of(after_pod, "mshv", "arm64").provisional  # other arches keep the parent's "*" model
+
+
+def test_a_fit_of_a_measured_model_is_not_provisional() -> None:
+    document, _ = run_fit(synthetic(300, seed=63))
+    assert document["models"][0]["measuredScopes"] == ["qemu"]
+    assert not model_of(document).provisional
