@@ -17,6 +17,9 @@ A component may carry ``when``: ``{"feature": NAME}`` (see :data:`FEATURES`),
 ``{"notFeature": NAME}`` or ``{"arch": "arm64"}`` (exact string, as upstream compares it).
 Order matters: Go's quantity format follows the first non-zero term, so the upstream tables list
 their terms in upstream's order.  Tables are immutable; ids are unique.
+
+A model may be ``provisional`` (nothing behind its numbers was measured for that hypervisor), and a
+fitted one lists the measurement scopes fitted into it so far in ``measuredScopes``.
 """
 
 from __future__ import annotations
