@@ -66,6 +66,7 @@ from typing import Any, Final
 
 from .engine import sum_plan
 from .errors import InputError, InvalidQuantity
+from .fields import EMPTY, read_bool, read_items, read_object, read_pointer, read_string
 from .gofloat import GoFloatError, parse_go_float
 from .quantity import KILO, MAX_INT64, MIN_INT64, Format, Quantity, parse_quantity, wrap_int64
 from .service import OverheadService
@@ -101,7 +102,6 @@ _EPHEMERAL_OVERHEAD: Final = Quantity(50, 6, Format.DECIMAL_SI)  # resource.Must
 _DEFAULT_LIMITS_RATIO: Final = 2.0
 _INT64_LIMIT: Final = float(2**63)
 _UINT32_MAX: Final = 2**32 - 1
-_EMPTY: Final[dict[str, Any]] = {}
 
 _V = "vmi.spec.domain"
 _KV = "kubevirtConfiguration"
@@ -110,51 +110,6 @@ _SELECTOR = f"{_KV}.autoCPULimitNamespaceLabelSelector"
 
 
 # --- reading the request ------------------------------------------------------------------------
-
-
-def _object(value: Any, path: str) -> dict[str, Any]:
-    if value is None:
-        return _EMPTY
-    if type(value) is not dict:
-        raise InputError(path, "must be an object or null")
-    return value
-
-
-def _pointer(parent: dict[str, Any], key: str, path: str) -> dict[str, Any] | None:
-    """A pointer-to-struct field: None when absent or null."""
-    value = parent.get(key)
-    if value is None:
-        return None
-    if type(value) is not dict:
-        raise InputError(f"{path}.{key}", "must be an object or null")
-    return value
-
-
-def _items(parent: dict[str, Any], key: str, path: str) -> list[dict[str, Any]]:
-    """A list of structs; a null element decodes to a zero struct, as in Go."""
-    value = parent.get(key)
-    if value is None:
-        return []
-    if type(value) is not list:
-        raise InputError(f"{path}.{key}", "must be an array or null")
-    for index, item in enumerate(value):
-        if item is not None and type(item) is not dict:
-            raise InputError(f"{path}.{key}[{index}]", "must be an object or null")
-    return [_EMPTY if item is None else item for item in value]
-
-
-def _bool(parent: dict[str, Any], key: str, path: str) -> bool | None:
-    value = parent.get(key)
-    if value is None or type(value) is bool:
-        return value
-    raise InputError(f"{path}.{key}", "must be a boolean or null")
-
-
-def _string(parent: dict[str, Any], key: str, path: str) -> str | None:
-    value = parent.get(key)
-    if value is None or type(value) is str:
-        return value
-    raise InputError(f"{path}.{key}", "must be a string or null")
 
 
 def _int(parent: dict[str, Any], key: str, path: str, low: int, high: int) -> int | None:
@@ -167,7 +122,7 @@ def _int(parent: dict[str, Any], key: str, path: str, low: int, high: int) -> in
 
 
 def _string_map(value: Any, path: str) -> dict[str, str]:
-    mapping = _object(value, path)
+    mapping = read_object(value, path)
     for key, item in mapping.items():
         if type(item) is not str:
             raise InputError(f"{path}.{key}", "must be a string")
@@ -177,7 +132,7 @@ def _string_map(value: Any, path: str) -> dict[str, str]:
 def _resource_list(resources: dict[str, Any], key: str) -> dict[str, Quantity]:
     """A ResourceList, every entry a quantity (a null entry is Go's zero ``Quantity{}``)."""
     path = f"{_V}.resources.{key}"
-    entries = _object(resources.get(key), path)
+    entries = read_object(resources.get(key), path)
     return {name: read_quantity(value, f"{path}.{name}") for name, value in entries.items()}
 
 
@@ -188,15 +143,15 @@ class _Namespace:
 
     def __init__(self, body: Any) -> None:
         self.known = body is not None
-        namespace = _object(body, "namespace")
+        namespace = read_object(body, "namespace")
         for key in namespace:
             if key not in _NAMESPACE_FIELDS:
                 raise InputError(
                     f"namespace.{key}", f"unknown field; allowed: {', '.join(sorted(_NAMESPACE_FIELDS))}"
                 )
         self.labels = _string_map(namespace.get("labels"), "namespace.labels")
-        self.quota_memory = bool(_bool(namespace, "resourceQuotaLimitsMemory", "namespace"))
-        self.quota_cpu = bool(_bool(namespace, "resourceQuotaLimitsCpu", "namespace"))
+        self.quota_memory = bool(read_bool(namespace, "resourceQuotaLimitsMemory", "namespace"))
+        self.quota_cpu = bool(read_bool(namespace, "resourceQuotaLimitsCpu", "namespace"))
 
     def limits_ratio(self) -> float:
         """``getMemoryLimitsRatio``: the namespace label parsed by Go's ParseFloat, else 2.0."""
@@ -216,8 +171,8 @@ class _Config:
     __slots__ = ("cpu_allocation_ratio", "cpu_limit_selector", "memory_overcommit")
 
     def __init__(self, body: Any) -> None:
-        config = _object(body, _KV)
-        dev = _object(config.get("developerConfiguration"), _DEV)
+        config = read_object(body, _KV)
+        dev = read_object(config.get("developerConfiguration"), _DEV)
         overcommit = _int(dev, "memoryOvercommit", _DEV, 1, MAX_INT64)  # upstream divides by it
         self.memory_overcommit = 100 if overcommit is None else overcommit
         ratio = _int(dev, "cpuAllocationRatio", _DEV, MIN_INT64, MAX_INT64)
@@ -253,18 +208,20 @@ class _Selector:
     __slots__ = ("requirements", "valid")
 
     def __init__(self, body: Any) -> None:
-        selector = _object(body, _SELECTOR)
+        selector = read_object(body, _SELECTOR)
         labels = _string_map(selector.get("matchLabels"), f"{_SELECTOR}.matchLabels")
         requirements: list[tuple[str, str, frozenset[str]]] = [
             (key, "In", frozenset({value})) for key, value in labels.items()
         ]
-        for index, expression in enumerate(_items(selector, "matchExpressions", _SELECTOR)):
+        for index, expression in enumerate(read_items(selector, "matchExpressions", _SELECTOR)):
             path = f"{_SELECTOR}.matchExpressions[{index}]"
             values = expression.get("values")
             if values is not None and (type(values) is not list or any(type(v) is not str for v in values)):
                 raise InputError(f"{path}.values", "must be an array of strings or null")
-            operator = _string(expression, "operator", path) or ""
-            requirements.append((_string(expression, "key", path) or "", operator, frozenset(values or ())))
+            operator = read_string(expression, "operator", path) or ""
+            requirements.append(
+                (read_string(expression, "key", path) or "", operator, frozenset(values or ()))
+            )
         self.requirements = requirements
         self.valid = all(self._valid(*requirement) for requirement in requirements)
 
@@ -294,62 +251,64 @@ class _Spec:
     """The VMI fields the renderer reads (the overhead's own fields are validated by the service)."""
 
     def __init__(self, vmi: dict[str, Any]) -> None:
-        metadata = _object(vmi.get("metadata"), "vmi.metadata")
+        metadata = read_object(vmi.get("metadata"), "vmi.metadata")
         self.annotations = _string_map(metadata.get("annotations"), "vmi.metadata.annotations")
-        spec = _object(vmi.get("spec"), "vmi.spec")
-        domain = _object(spec.get("domain"), _V)
+        spec = read_object(vmi.get("spec"), "vmi.spec")
+        domain = read_object(spec.get("domain"), _V)
 
-        resources = _object(domain.get("resources"), f"{_V}.resources")
+        resources = read_object(domain.get("resources"), f"{_V}.resources")
         self.requests = _resource_list(resources, "requests")
         self.limits = _resource_list(resources, "limits")
-        self.overcommit_guest_overhead = bool(_bool(resources, "overcommitGuestOverhead", f"{_V}.resources"))
-
-        memory = _pointer(domain, "memory", _V) or _EMPTY
-        guest = memory.get("guest")
-        self.guest = None if guest is None else read_quantity(guest, f"{_V}.memory.guest")
-        hugepages = _pointer(memory, "hugepages", f"{_V}.memory")
-        self.page_size = (
-            None if hugepages is None else _string(hugepages, "pageSize", f"{_V}.memory.hugepages") or ""
+        self.overcommit_guest_overhead = bool(
+            read_bool(resources, "overcommitGuestOverhead", f"{_V}.resources")
         )
 
-        cpu = _pointer(domain, "cpu", _V)
-        self.cpu_present = cpu is not None
-        cpu = cpu or _EMPTY
-        self.topology = _topology(cpu)
-        self.dedicated = bool(_bool(cpu, "dedicatedCpuPlacement", f"{_V}.cpu"))
-        self.isolate_emulator = bool(_bool(cpu, "isolateEmulatorThread", f"{_V}.cpu"))
+        memory = read_pointer(domain, "memory", _V) or EMPTY
+        guest = memory.get("guest")
+        self.guest = None if guest is None else read_quantity(guest, f"{_V}.memory.guest")
+        hugepages = read_pointer(memory, "hugepages", f"{_V}.memory")
+        self.page_size = (
+            None if hugepages is None else read_string(hugepages, "pageSize", f"{_V}.memory.hugepages") or ""
+        )
 
-        io_threads = _pointer(domain, "ioThreads", _V) or _EMPTY
+        cpu = read_pointer(domain, "cpu", _V)
+        self.cpu_present = cpu is not None
+        cpu = cpu or EMPTY
+        self.topology = _topology(cpu)
+        self.dedicated = bool(read_bool(cpu, "dedicatedCpuPlacement", f"{_V}.cpu"))
+        self.isolate_emulator = bool(read_bool(cpu, "isolateEmulatorThread", f"{_V}.cpu"))
+
+        io_threads = read_pointer(domain, "ioThreads", _V) or EMPTY
         count = _int(io_threads, "supplementalPoolThreadCount", f"{_V}.ioThreads", 0, _UINT32_MAX)
         self.io_thread_cpus = count or 0  # read whatever the policy (getIOThreadsCount)
-        policy = _string(domain, "ioThreadsPolicy", _V)
+        policy = read_string(domain, "ioThreadsPolicy", _V)
         self.additional_cpus = (
             self.io_thread_cpus if policy == "supplementalPool" and count is not None else 0
         )
 
-        devices = _object(domain.get("devices"), f"{_V}.devices")
+        devices = read_object(domain.get("devices"), f"{_V}.devices")
         d = f"{_V}.devices"
-        interfaces = _items(devices, "interfaces", d)
-        pod_interface = _bool(devices, "autoattachPodInterface", d)
+        interfaces = read_items(devices, "interfaces", d)
+        pod_interface = read_bool(devices, "autoattachPodInterface", d)
         self.tun = bool(interfaces) or pod_interface is not False
         self.virtio_net = any(
-            (_string(iface, "model", f"{d}.interfaces[{i}]") or "") in ("", "virtio")
+            (read_string(iface, "model", f"{d}.interfaces[{i}]") or "") in ("", "virtio")
             for i, iface in enumerate(interfaces)
         )
-        self.vsock = _bool(devices, "autoattachVSOCK", d) is True
+        self.vsock = read_bool(devices, "autoattachVSOCK", d) is True
         self.gpus = _device_plugins(devices, "gpus", d)
         self.host_devices = _device_plugins(devices, "hostDevices", d)
         self.reservation = False
-        for index, disk in enumerate(_items(devices, "disks", d)):
-            lun = _pointer(disk, "lun", f"{d}.disks[{index}]")
-            if lun is not None and _bool(lun, "reservation", f"{d}.disks[{index}].lun"):
+        for index, disk in enumerate(read_items(devices, "disks", d)):
+            lun = read_pointer(disk, "lun", f"{d}.disks[{index}]")
+            if lun is not None and read_bool(lun, "reservation", f"{d}.disks[{index}].lun"):
                 self.reservation = True
 
-        launch = _pointer(domain, "launchSecurity", _V) or _EMPTY
+        launch = read_pointer(domain, "launchSecurity", _V) or EMPTY
         ls = f"{_V}.launchSecurity"
-        sev, snp = _pointer(launch, "sev", ls), _pointer(launch, "snp", ls)
+        sev, snp = read_pointer(launch, "sev", ls), read_pointer(launch, "snp", ls)
         self.sev = sev is not None or snp is not None
-        self.tdx = _pointer(launch, "tdx", ls) is not None
+        self.tdx = read_pointer(launch, "tdx", ls) is not None
 
 
 def _topology(cpu: dict[str, Any]) -> int:
@@ -365,8 +324,8 @@ def _topology(cpu: dict[str, Any]) -> int:
 def _device_plugins(devices: dict[str, Any], key: str, path: str) -> list[str]:
     """The ``deviceName`` of each device a device plugin provides (DRA claims excluded)."""
     names = []
-    for index, device in enumerate(_items(devices, key, path)):
-        name = _string(device, "deviceName", f"{path}.{key}[{index}]") or ""
+    for index, device in enumerate(read_items(devices, key, path)):
+        name = read_string(device, "deviceName", f"{path}.{key}[{index}]") or ""
         if name and device.get("claimRequest") is None:
             names.append(name)
     return names

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .errors import InputError, InvalidQuantity
+from .fields import EMPTY, read_bool, read_items, read_pointer, read_string
 from .quantity import ZERO, Format, Quantity, quantity_from_json
 
 __all__ = ["VmiFeatures", "downward_metrics_volume", "extract_features", "memo_key", "read_quantity"]
 
 _UINT32_MAX: Final = 2**32 - 1
-_EMPTY: Final[dict[str, Any]] = {}
 _NULL_QUANTITY: Final = Quantity(0, 0, Format.NONE)
 
 
@@ -74,55 +74,12 @@ class VmiFeatures:
         return int(self.liveness_exec) + int(self.readiness_exec)
 
 
-def _object(value: Any, path: str) -> dict[str, Any]:
-    if value is None:
-        return _EMPTY
-    if type(value) is not dict:
-        raise InputError(path, "must be an object")
-    return value
-
-
-def _present(parent: dict[str, Any], key: str, path: str) -> dict[str, Any] | None:
-    """A pointer-to-struct field: None when absent or null, else the object."""
-    value = parent.get(key)
-    if value is None:
-        return None
-    if type(value) is not dict:
-        raise InputError(f"{path}.{key}", "must be an object or null")
-    return value
-
-
-def _array(parent: dict[str, Any], key: str, path: str) -> list[Any]:
-    value = parent.get(key)
-    if value is None:
-        return []
-    if type(value) is not list:
-        raise InputError(f"{path}.{key}", "must be an array or null")
-    return value
-
-
-def _bool(parent: dict[str, Any], key: str, path: str) -> bool | None:
-    value = parent.get(key)
-    if value is None or type(value) is bool:
-        return value
-    raise InputError(f"{path}.{key}", "must be a boolean")
-
-
 def _uint32(parent: dict[str, Any], key: str, path: str) -> int:
     value = parent.get(key)
     if value is None:
         return 0
     if type(value) is not int or not 0 <= value <= _UINT32_MAX:
         raise InputError(f"{path}.{key}", "must be an integer between 0 and 4294967295")
-    return value
-
-
-def _string(parent: dict[str, Any], key: str, path: str) -> str:
-    value = parent.get(key)
-    if value is None:
-        return ""
-    if type(value) is not str:
-        raise InputError(f"{path}.{key}", "must be a string")
     return value
 
 
@@ -134,15 +91,6 @@ def read_quantity(value: Any, path: str) -> Quantity:
         return quantity_from_json(value)
     except InvalidQuantity as err:
         raise type(err)(path, err.detail) from None
-
-
-def _items(parent: dict[str, Any], key: str, path: str) -> list[dict[str, Any]]:
-    items = _array(parent, key, path)
-    for index, item in enumerate(items):
-        if item is not None and type(item) is not dict:
-            raise InputError(f"{path}.{key}[{index}]", "must be an object")
-    # A null element still decodes to a (zero) struct and counts toward the slice's length.
-    return [_EMPTY if item is None else item for item in items]
 
 
 _S = "vmi.spec"
@@ -191,12 +139,12 @@ def extract_features(vmi: Any) -> VmiFeatures:
         raise InputError("vmi", "must be an object")
     spec = vmi.get("spec")
     if spec is None:
-        spec = _EMPTY
+        spec = EMPTY
     elif type(spec) is not dict:
         raise _not_object(_S)
     domain = spec.get("domain")
     if domain is None:
-        domain = _EMPTY
+        domain = EMPTY
     elif type(domain) is not dict:
         raise _not_object(_D)
 
@@ -204,18 +152,18 @@ def extract_features(vmi: Any) -> VmiFeatures:
     requests: Any
     limits: Any
     if resources is None:
-        requests = limits = _EMPTY
+        requests = limits = EMPTY
     else:
         if type(resources) is not dict:
             raise _not_object(_R)
         requests = resources.get("requests")
         if requests is None:
-            requests = _EMPTY
+            requests = EMPTY
         elif type(requests) is not dict:
             raise _not_object(f"{_R}.requests")
         limits = resources.get("limits")
         if limits is None:
-            limits = _EMPTY
+            limits = EMPTY
         elif type(limits) is not dict:
             raise _not_object(f"{_R}.limits")
     mem_req = _quantity_at(requests, "memory", f"{_R}.requests") if requests else ZERO
@@ -227,7 +175,7 @@ def extract_features(vmi: Any) -> VmiFeatures:
     if cpu is not None and type(cpu) is not dict:
         raise _not_object(_C)
     vcpus = _vcpus(cpu, requests, limits)
-    dedicated = cpu is not None and _bool(cpu, "dedicatedCpuPlacement", _C) is True
+    dedicated = cpu is not None and read_bool(cpu, "dedicatedCpuPlacement", _C) is True
     # Memory given only as a limit counts as requested (the API server defaults it so).
     memory_guaranteed = mem_lim.unscaled != 0 if mem_req.unscaled == 0 else mem_req.cmp(mem_lim) == 0
     guaranteed = memory_guaranteed and cpu_req.unscaled != 0 and cpu_req.cmp(cpu_lim) == 0
@@ -239,24 +187,24 @@ def extract_features(vmi: Any) -> VmiFeatures:
     if devices is not None:
         if type(devices) is not dict:
             raise _not_object(_V)
-        graphics = _bool(devices, "autoattachGraphicsDevice", _V) is not False
+        graphics = read_bool(devices, "autoattachGraphicsDevice", _V) is not False
         if "hostDevices" in devices or "gpus" in devices:
-            host_devices, gpus = _items(devices, "hostDevices", _V), _items(devices, "gpus", _V)
+            host_devices, gpus = read_items(devices, "hostDevices", _V), read_items(devices, "gpus", _V)
             vfio = bool(host_devices or gpus)
         if devices.get("interfaces") is not None:
-            vfio, passt, names = _interfaces(_items(devices, "interfaces", _V), vfio)
+            vfio, passt, names = _interfaces(read_items(devices, "interfaces", _V), vfio)
         tpm_spec = devices.get("tpm")
         if tpm_spec is not None:
             if type(tpm_spec) is not dict:
                 raise _not_object(f"{_V}.tpm")
-            tpm = _bool(tpm_spec, "enabled", f"{_V}.tpm") is not False
+            tpm = read_bool(tpm_spec, "enabled", f"{_V}.tpm") is not False
 
     sev = False
     if domain.get("launchSecurity") is not None:
-        launch = _present(domain, "launchSecurity", _D) or _EMPTY
+        launch = read_pointer(domain, "launchSecurity", _D) or EMPTY
         path = f"{_D}.launchSecurity"
-        sev = _present(launch, "sev", path) is not None
-        sev = _present(launch, "snp", path) is not None or sev
+        sev = read_pointer(launch, "sev", path) is not None
+        sev = read_pointer(launch, "snp", path) is not None or sev
 
     guest = reserved_overhead = None
     memory = domain.get("memory")
@@ -266,7 +214,7 @@ def extract_features(vmi: Any) -> VmiFeatures:
         if memory.get("guest") is not None:
             guest = read_quantity(memory["guest"], f"{_M}.guest")
         if memory.get("reservedOverhead") is not None:
-            reserved = _present(memory, "reservedOverhead", _M) or _EMPTY
+            reserved = read_pointer(memory, "reservedOverhead", _M) or EMPTY
             added = reserved.get("addedOverhead")
             if added is not None:
                 reserved_overhead = read_quantity(added, f"{_M}.reservedOverhead.addedOverhead")
@@ -275,11 +223,11 @@ def extract_features(vmi: Any) -> VmiFeatures:
 
     liveness = readiness = False
     if spec.get("livenessProbe") is not None:
-        probe = _present(spec, "livenessProbe", _S) or _EMPTY
-        liveness = _present(probe, "exec", f"{_S}.livenessProbe") is not None
+        probe = read_pointer(spec, "livenessProbe", _S) or EMPTY
+        liveness = read_pointer(probe, "exec", f"{_S}.livenessProbe") is not None
     if spec.get("readinessProbe") is not None:
-        probe = _present(spec, "readinessProbe", _S) or _EMPTY
-        readiness = _present(probe, "exec", f"{_S}.readinessProbe") is not None
+        probe = read_pointer(spec, "readinessProbe", _S) or EMPTY
+        readiness = read_pointer(probe, "exec", f"{_S}.readinessProbe") is not None
 
     architecture = spec.get("architecture")
     if architecture is None:
@@ -328,10 +276,10 @@ def downward_metrics_volume(spec: dict[str, Any]) -> bool:
     """Whether ``spec.volumes`` has a downward-metrics volume (validating the list as it goes)."""
     downward = False
     if spec.get("volumes") is not None:
-        for index, volume in enumerate(_items(spec, "volumes", _S)):
+        for index, volume in enumerate(read_items(spec, "volumes", _S)):
             if volume.get("downwardMetrics") is not None:
                 path = f"{_S}.volumes[{index}]"
-                downward = _present(volume, "downwardMetrics", path) is not None or downward
+                downward = read_pointer(volume, "downwardMetrics", path) is not None or downward
     return downward
 
 
@@ -345,17 +293,17 @@ def memo_key(body: dict[str, Any], vmi: Any) -> tuple[Any, ...] | None:
         return None
     spec = vmi.get("spec")
     if spec is None:
-        spec = _EMPTY
+        spec = EMPTY
     elif type(spec) is not dict:
         return None
     domain = spec.get("domain")
     if domain is None:
-        domain = _EMPTY
+        domain = EMPTY
     elif type(domain) is not dict:
         return None
     devices = domain.get("devices")
     if devices is None:
-        devices = _EMPTY
+        devices = EMPTY
     elif type(devices) is not dict:
         return None
     try:
@@ -392,12 +340,12 @@ def _interfaces(interfaces: list[dict[str, Any]], vfio: bool) -> tuple[bool, boo
         if not iface:
             continue
         if iface.get("sriov") is not None:
-            vfio = _present(iface, "sriov", f"{_V}.interfaces[{index}]") is not None or vfio
+            vfio = read_pointer(iface, "sriov", f"{_V}.interfaces[{index}]") is not None or vfio
         if iface.get("passtBinding") is not None:
-            passt = _present(iface, "passtBinding", f"{_V}.interfaces[{index}]") is not None or passt
+            passt = read_pointer(iface, "passtBinding", f"{_V}.interfaces[{index}]") is not None or passt
         if iface.get("binding") is not None:
-            binding = _present(iface, "binding", f"{_V}.interfaces[{index}]") or _EMPTY
-            name = _string(binding, "name", f"{_V}.interfaces[{index}].binding")
+            binding = read_pointer(iface, "binding", f"{_V}.interfaces[{index}]") or EMPTY
+            name = read_string(binding, "name", f"{_V}.interfaces[{index}].binding") or ""
             if name not in names:
                 names.append(name)
     return vfio, passt, tuple(names)
