@@ -83,10 +83,10 @@ class Result:
 
 
 class Interrupted(Exception):
-    """SIGTERM (and SIGINT, as KeyboardInterrupt): stop measuring, clean up, report what there is."""
+    """SIGINT or SIGTERM: stop measuring, clean up, report what there is."""
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(f"signal {signum}")
 
 
@@ -464,7 +464,9 @@ def run(args: argparse.Namespace, out: Any = sys.stdout) -> dict[str, Any]:
         file=out,
         flush=True,
     )
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    # SIGINT too, explicitly: a process started in the background by a non-interactive shell
+    # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler of its own.
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with gunicorn(args.workers, args.threads, max(deadline - time.monotonic(), 1)) as server:
             report["meta"]["server_pid"] = server.pid
@@ -510,7 +512,8 @@ def run(args: argparse.Namespace, out: Any = sys.stdout) -> dict[str, Any]:
     except (KeyboardInterrupt, Interrupted):
         report["stopped"] = "interrupted"
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     runs = [r for level in report["levels"] for rounds in level["rounds"].values() for r in rounds]
     report["totals"] = {
         "answers": sum(r["answers"] for r in runs),
