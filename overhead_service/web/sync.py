@@ -61,7 +61,10 @@ class TableSync:
                         self.registry.add(compile_table(row["document"]))
                 self.service.set_active(self.store.active_tables())
             except (SQLAlchemyError, OverheadServiceError) as exc:
-                log.warning("table sync failed (will retry): %s", exc)
+                # The driver's own message, on one line (SQLAlchemy adds the statement and a link).
+                detail = (str(getattr(exc, "orig", None) or exc).splitlines() or [repr(exc)])[0]
+                later = "will retry" if self.interval > 0 else "answering with the tables already loaded"
+                log.warning("table sync failed (%s): %s", later, detail)
                 return False
             self.version = version
             self.publish()
