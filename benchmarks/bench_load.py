@@ -395,6 +395,29 @@ def run_endpoint(
     return result
 
 
+def memory_mib(pid: int) -> dict[str, float]:
+    """Resident (RSS) and proportional (PSS: shared pages split among their users) memory of a
+    process, in MiB, from /proc (Linux). Workers share the master's pages after the fork, so the
+    pod's memory is the sum of PSS, not of RSS."""
+    sizes: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("Rss", "Pss"):
+            sizes[key.lower()] = round(int(rest.split()[0]) / 1024, 1)  # reported in kB
+    return sizes
+
+
+def memory_report(server: GunicornServer) -> dict[str, Any]:
+    """Memory of the gunicorn master and each worker."""
+    master = memory_mib(server.pid)
+    workers = [memory_mib(pid) for pid in server.worker_pids()]
+    return {
+        "master": master,
+        "workers": workers,
+        "total_pss_mib": round(master["pss"] + sum(w["pss"] for w in workers), 1),
+    }
+
+
 def preflight(port: int, bodies: Sequence[str]) -> None:
     """Every body once, in turn: each must answer 200 (else the inputs, not the load, are wrong).
     This also gives the workers their first sight of each shape."""
@@ -509,6 +532,17 @@ def run(args: argparse.Namespace, out: Any = sys.stdout) -> dict[str, Any]:
                         },
                     }
                 )
+            # What the processes hold after the load: sizes the pod's memory request and limit.
+            report["memory"] = memory_report(server)
+            memory = report["memory"]
+            print(
+                f"# memory after the load (RSS/PSS MiB): master {memory['master']['rss']}/"
+                f"{memory['master']['pss']}, workers "
+                + ", ".join(f"{w['rss']}/{w['pss']}" for w in memory["workers"])
+                + f"; all processes {memory['total_pss_mib']} MiB PSS",
+                file=out,
+                flush=True,
+            )
     except (KeyboardInterrupt, Interrupted):
         report["stopped"] = "interrupted"
     finally:

@@ -76,6 +76,13 @@ def test_brief_run_reports_every_level_and_endpoint_all_2xx(tmp_path: Path) -> N
         "socket_errors": 0,
         "seconds": report["totals"]["seconds"],
     }
+    memory = report["memory"]  # every process measured: the master and both workers
+    assert len(memory["workers"]) == 2
+    for process in [memory["master"], *memory["workers"]]:
+        assert process["rss"] >= process["pss"] > 0
+    assert memory["total_pss_mib"] == pytest.approx(
+        memory["master"]["pss"] + sum(w["pss"] for w in memory["workers"]), abs=0.2
+    )
     # The printed table: one row per endpoint and level, each naming its client.
     rows = [line for line in result.stdout.splitlines() if line.startswith("python |")]
     assert len(rows) == 4
