@@ -117,6 +117,16 @@ class Server:
         finally:
             conn.close()
 
+    def worker_peak_rss_mib(self) -> list[float]:
+        """Each worker's peak resident memory so far (VmHWM, Linux /proc), in MiB."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        peaks = []
+        for pid in children:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(round(int(line.split()[1]) / 1024, 1))  # reported in kB
+        return sorted(peaks)
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -239,6 +249,7 @@ def bench_http(
             if status != 200 or len(json.loads(body)["items"]) != len(batch_items):
                 raise RuntimeError(f"batch answered {status}")
         batch_us = statistics.median(walls) / len(batch_items) * 1e6
+        peak_mib = server.worker_peak_rss_mib()
     finally:
         server.stop()
     return {
@@ -247,6 +258,7 @@ def bench_http(
         "levels": rows,
         "batch_http_us_per_vmi": batch_us,
         "batch_bytes": len(payload),
+        "worker_peak_rss_mib": peak_mib,
     }
 
 
@@ -305,7 +317,9 @@ def main() -> int:
     worst = min(row["ratio"] for row in http["levels"])
     print(f"\n(c) batch of 10,000 VMIs ({http['batch_bytes'] / 1e6:.1f} MB, {distinct} distinct shapes):")
     print(f"    over HTTP   {http['batch_http_us_per_vmi']:6.1f} µs/VMI (median of 3)")
-    print(f"    in-process  {batch_in_process:6.1f} µs/VMI (decode + compute_batch + encode, best of 3)\n")
+    print(f"    in-process  {batch_in_process:6.1f} µs/VMI (decode + compute_batch + encode, best of 3)")
+    peaks = ", ".join(f"{mib:.0f}" for mib in http["worker_peak_rss_mib"])
+    print(f"    peak resident memory of the workers afterwards: {peaks} MiB (one batch at a time each)\n")
     ok_batch = http["batch_http_us_per_vmi"] <= TARGET_BATCH_US
     passing = [str(r["connections"]) for r in http["levels"] if r["ratio"] >= TARGET_RATIO]
     failing = [str(r["connections"]) for r in http["levels"] if r["ratio"] < TARGET_RATIO]

@@ -6,6 +6,7 @@ settings' ``on_starting`` hook in gunicorn's master, as in production.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -22,6 +23,17 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 
 __all__ = ["GunicornServer", "UploadReport", "upload_batches"]
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Resolved now, in the parent: the child between fork and exec should do as little as it can.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM (gunicorn's graceful stop) when the thread that started
+    it ends, so a test or benchmark killed with SIGKILL leaves no server behind."""
+    _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def _free_port() -> int:
@@ -67,7 +79,9 @@ class GunicornServer:
         env.update({"OVERHEAD_DATABASE_URL": self.database_url, "OVERHEAD_TOKENS": self.tokens})
         env.update(self.env)
         with self._log.open("wb") as log:  # the child keeps its own descriptor
-            self._process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self._process = subprocess.Popen(
+                argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            )
         deadline = time.monotonic() + timeout
         while True:
             if self._process.poll() is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,8 @@ from werkzeug.test import TestResponse
 
 from overhead_service.errors import PROBLEM_BASE
 from overhead_service.service import OverheadService
+from overhead_service.web import overhead as overhead_views
+from overhead_service.web.common import SERVICE
 
 RATIO_PATH = "kubevirtConfiguration.additionalGuestMemoryOverheadRatio"
 
@@ -399,3 +402,56 @@ def test_unexpected_exception_is_500_problem(
     body = assert_problem(app.test_client().get("/boom"), 500)
     assert "kaboom" not in json.dumps(body)  # no internals leak to the client
     assert "kaboom" in caplog.text  # but they are logged
+
+
+class _RecordingLock:
+    """A lock that says when somebody had to wait for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.waited = threading.Event()
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            self.waited.set()
+            self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_batches_are_answered_one_at_a_time_per_process(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second batch waits (body unread) while one is computed: a worker holds one batch's memory."""
+    slot = _RecordingLock()
+    monkeypatch.setattr(overhead_views, "BATCH_SLOT", slot)
+    service = app.extensions[SERVICE]
+    real = service.compute_batch
+    events: list[str] = []
+    first_inside, release = threading.Event(), threading.Event()
+
+    def compute_batch(items: Any) -> list[dict[str, Any]]:
+        events.append("enter")
+        first_inside.set()
+        assert release.wait(10)
+        events.append("exit")
+        return real(items)
+
+    monkeypatch.setattr(service, "compute_batch", compute_batch)
+    statuses: list[int] = []
+
+    def post() -> None:
+        body = {"items": [{"vmi": {"spec": {"domain": {"resources": {"requests": {"memory": "1Gi"}}}}}}]}
+        statuses.append(app.test_client().post("/v1/overhead/batch", json=body).status_code)
+
+    first = threading.Thread(target=post)
+    first.start()
+    assert first_inside.wait(10)
+    second = threading.Thread(target=post)
+    second.start()
+    assert slot.waited.wait(10)  # the second batch is at the door...
+    assert events == ["enter"]  # ...and not inside
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert statuses == [200, 200]
+    assert events == ["enter", "exit", "enter", "exit"]

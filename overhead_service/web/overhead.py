@@ -7,6 +7,7 @@ Per request: check the media type, decode, compute, encode. No schema library an
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -22,6 +23,7 @@ __all__ = ["bp"]
 bp = Blueprint("overhead", __name__, url_prefix="/v1/overhead")
 
 _BATCH_FIELDS = frozenset({"items"})
+BATCH_SLOT = threading.Lock()
 
 
 @bp.post("")
@@ -38,7 +40,10 @@ def compute_batch() -> Response:
     # A 10,000-item batch decodes into ~300,000 containers; the cyclic garbage collector would walk
     # them again and again while they are young (measured: decoding 5x slower).  Nothing here makes
     # reference cycles, so reference counting frees it all; the collector resumes afterwards.
-    with gc_paused():
+    # One batch at a time per process: a 10,000-item batch holds ~150 MiB while it is answered
+    # (benchmarks/bench_overhead.py measures it), so a worker's threads must not multiply that;
+    # they wait before reading their bodies. Single requests never wait.
+    with BATCH_SLOT, gc_paused():
         items = answer_json(_batch)
         observe_batch(items)
         return json_response({"items": items})
