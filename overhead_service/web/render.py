@@ -27,5 +27,5 @@ def _render(body: Any) -> dict[str, Any]:
 def render_resources() -> Response:
     """The compute container's requests, limits and overhead annotation for one VMI."""
     answer = answer_json(_render)
-    observe_answer(answer)  # METRICS: the one call site; it counts the hypervisor decision and table
+    observe_answer(answer)  # counts the hypervisor decision and table; puts them on the access line
     return json_response(answer)
