@@ -105,26 +105,45 @@ def test_compute_reads_stdin(runner: FlaskCliRunner, client: FlaskClient, vmi: d
 
 
 @pytest.mark.parametrize(
-    ("content", "path"),
+    ("command", "route", "content", "path"),
     [
-        ("spec:\n  domain:\n    cpu:\n      cores: many\n", "vmi.spec.domain.cpu.cores"),
-        ('{"vmi": {}, "table": "nope"}', "table"),
-        ("spec: [unclosed\n", ""),
+        (
+            "compute",
+            "/v1/overhead",
+            "spec:\n  domain:\n    cpu:\n      cores: many\n",
+            "vmi.spec.domain.cpu.cores",
+        ),
+        ("compute", "/v1/overhead", '{"vmi": {}, "table": "nope"}', "table"),
+        ("compute", "/v1/overhead", "spec: [unclosed\n", ""),
+        ("render", "/v1/render", '{"vmi": {}, "namespace": {"labels": {"a": 1}}}', "namespace.labels.a"),
+        (
+            "render",
+            "/v1/render",
+            "spec:\n  domain:\n    memory:\n      hugepages: {pageSize: 2}\n",
+            "vmi.spec.domain.memory.hugepages.pageSize",
+        ),
+        ("render", "/v1/render", "spec: [unclosed\n", ""),
     ],
 )
-def test_compute_bad_input_exits_2_with_the_problem(
-    runner: FlaskCliRunner, client: FlaskClient, tmp_path: Path, content: str, path: str
+def test_bad_input_exits_2_with_the_problem(
+    runner: FlaskCliRunner,
+    client: FlaskClient,
+    tmp_path: Path,
+    command: str,
+    route: str,
+    content: str,
+    path: str,
 ) -> None:
     file = tmp_path / "bad.yaml"
     file.write_text(content)
-    result = runner.invoke(cli.main, ["compute", str(file)])
+    result = runner.invoke(cli.main, [command, str(file)])
     assert result.exit_code == 2
     assert result.stdout == ""
     problem = json.loads(result.stderr)
     assert problem["errors"][0]["path"] == path
     if path:  # the API answers the same document for the same body
         body = cli.request_body(cli.load_document(content.encode()))
-        assert problem == client.post("/v1/overhead", json=body).get_json()
+        assert problem == client.post(route, json=body).get_json()
 
 
 def test_compute_bad_ratio_option_exits_2(runner: FlaskCliRunner, tmp_path: Path) -> None:
@@ -172,32 +191,6 @@ def test_render_reads_a_bare_vmi_from_stdin(
     result = runner.invoke(cli.main, ["render", "-"], input=json.dumps(vmi))
     assert result.exit_code == 0, result.output
     assert result.stdout == client.post("/v1/render", json={"vmi": vmi}).get_data(as_text=True) + "\n"
-
-
-@pytest.mark.parametrize(
-    ("content", "path"),
-    [
-        ('{"vmi": {}, "namespace": {"labels": {"a": 1}}}', "namespace.labels.a"),
-        (
-            "spec:\n  domain:\n    memory:\n      hugepages: {pageSize: 2}\n",
-            "vmi.spec.domain.memory.hugepages.pageSize",
-        ),
-        ("spec: [unclosed\n", ""),
-    ],
-)
-def test_render_bad_input_exits_2_with_the_problem(
-    runner: FlaskCliRunner, client: FlaskClient, tmp_path: Path, content: str, path: str
-) -> None:
-    file = tmp_path / "bad.yaml"
-    file.write_text(content)
-    result = runner.invoke(cli.main, ["render", str(file)])
-    assert result.exit_code == 2
-    assert result.stdout == ""
-    problem = json.loads(result.stderr)
-    assert problem["errors"][0]["path"] == path
-    if path:  # the API answers the same document for the same body
-        body = cli.request_body(cli.load_document(content.encode()))
-        assert problem == client.post("/v1/render", json=body).get_json()
 
 
 def test_yaml_numbers_stay_exact() -> None:
