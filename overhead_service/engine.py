@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from .errors import InputError, InvalidRatio
 from .gofloat import GoFloatError, parse_go_float
-from .quantity import KILO, MAX_INT64, MIN_INT64, Format, Quantity
+from .quantity import GO_ZERO, INT64_FLOAT_BOUND, KILO, MAX_INT64, MIN_INT64, Quantity
 from .tables import Block, Component, Model, Step
 from .vmi import VmiFeatures
 
@@ -25,8 +25,6 @@ __all__ = ["Evaluation", "evaluate", "parse_ratio", "sum_plan"]
 
 RATIO_PATH: Final = "kubevirtConfiguration.additionalGuestMemoryOverheadRatio"
 _ACCUMULATOR: Final = Quantity.scaled(0, KILO)  # upstream: NewScaledQuantity(0, Kilo)
-_GO_ZERO: Final = Quantity(0, 0, Format.NONE)  # Go's Quantity{}
-_INT64_LIMIT: Final = float(2**63)
 
 
 @dataclass(slots=True)
@@ -131,10 +129,10 @@ def _check_int64(total: Quantity, error: type[InputError], path: str, what: str)
 
 def _network_memory(features: VmiFeatures, model: Model, bindings: Mapping[str, Quantity | None]) -> Quantity:
     """KubeVirt's ``MemoryCalculator.Calculate``: passt once, then each distinct registered plugin."""
-    total = _GO_ZERO
+    total = GO_ZERO
     if features.passt:
         total = total.add(model.passt_binding)
-    plugins = _GO_ZERO
+    plugins = GO_ZERO
     for name in features.binding_names:
         if name in bindings:
             memory = bindings[name]
@@ -162,7 +160,7 @@ def evaluate(
 
     if ratio is not None:
         kilo = float(total.scaled_value(KILO)) * (ratio - 1.0)
-        if not -_INT64_LIMIT <= kilo < _INT64_LIMIT:
+        if not -INT64_FLOAT_BOUND <= kilo < INT64_FLOAT_BOUND:
             raise InvalidRatio(RATIO_PATH, "the ratio makes the overhead overflow 64-bit bytes")
         added = Quantity.scaled(int(kilo), KILO)
         total = total.add(added)
@@ -175,7 +173,7 @@ def evaluate(
         total = total.add(network)
         parts.append({"name": "networkBinding", "bytes": network.value()})
     elif total.big or total.is_zero():
-        total = total.add(_GO_ZERO.add(_GO_ZERO))  # Go's zero Quantity{} from an empty calculator
+        total = total.add(GO_ZERO.add(GO_ZERO))  # Go's zero Quantity{} from an empty calculator
     _check_int64(total, InputError, "kubevirtConfiguration.network.binding", "network-binding memory")
 
     if model.node_plan:

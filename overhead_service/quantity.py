@@ -25,7 +25,16 @@ from typing import Any, Final
 
 from .errors import InexactNumber, InvalidQuantity
 
-__all__ = ["Format", "Quantity", "parse_quantity", "quantity_from_json", "wrap_int64"]
+__all__ = [
+    "GO_ZERO",
+    "INT64_FLOAT_BOUND",
+    "Format",
+    "Quantity",
+    "go_int_div",
+    "parse_quantity",
+    "quantity_from_json",
+    "wrap_int64",
+]
 
 MAX_INT64: Final = (1 << 63) - 1
 MIN_INT64: Final = -(1 << 63)
@@ -50,6 +59,17 @@ def wrap_int64(value: int) -> int:
     if MIN_INT64 <= value <= MAX_INT64:
         return value
     return ((value - MIN_INT64) % _TWO64) + MIN_INT64
+
+
+def go_int_div(a: int, b: int) -> int:
+    """Go's integer division, which truncates toward zero (Python's ``//`` floors)."""
+    quotient = abs(a) // abs(b)
+    return quotient if (a >= 0) == (b > 0) else -quotient
+
+
+# |x| below this converts from float64 to int64 exactly as int(x) does; at or above it (and for
+# NaN) Go's conversion is platform-dependent, so callers treat it as an input error.
+INT64_FLOAT_BOUND: Final = float(2**63)
 
 
 def _big_int64(value: int) -> int:
@@ -322,6 +342,7 @@ class Quantity:
 
 
 ZERO: Final = Quantity(0, 0, Format.DECIMAL_SI)
+GO_ZERO: Final = Quantity(0, 0, Format.NONE)  # Go's zero value Quantity{}: a missing field or map entry
 
 # The documented Kubernetes grammar.  Go's scanner also lets "", "+", "-" and "." through as zero;
 # those are not quantities by the grammar, so they are input errors here.  The exponent suffix is

@@ -68,7 +68,18 @@ from .engine import sum_plan
 from .errors import InputError, InvalidQuantity
 from .fields import EMPTY, read_bool, read_items, read_object, read_pointer, read_string
 from .gofloat import GoFloatError, parse_go_float
-from .quantity import KILO, MAX_INT64, MIN_INT64, Format, Quantity, parse_quantity, wrap_int64
+from .quantity import (
+    GO_ZERO,
+    INT64_FLOAT_BOUND,
+    KILO,
+    MAX_INT64,
+    MIN_INT64,
+    Format,
+    Quantity,
+    go_int_div,
+    parse_quantity,
+    wrap_int64,
+)
 from .service import OverheadService
 from .vmi import extract_features, read_quantity
 
@@ -95,12 +106,10 @@ CPU: Final = "cpu"
 EPHEMERAL: Final = "ephemeral-storage"
 _DEVICES: Final = "devices.kubevirt.io/"
 
-_GO_ZERO: Final = Quantity(0, 0, Format.NONE)  # Go's Quantity{}: a missing map entry
 _ZERO_BINARY: Final = Quantity(0, 0, Format.BINARY_SI)  # ResourceList.Memory() of a missing entry
 _ONE: Final = Quantity(1, 0, Format.DECIMAL_SI)  # resource.MustParse("1") and NewQuantity(1, DecimalSI)
 _EPHEMERAL_OVERHEAD: Final = Quantity(50, 6, Format.DECIMAL_SI)  # resource.MustParse("50M")
 _DEFAULT_LIMITS_RATIO: Final = 2.0
-_INT64_LIMIT: Final = float(2**63)
 _UINT32_MAX: Final = 2**32 - 1
 
 _V = "vmi.spec.domain"
@@ -356,12 +365,6 @@ def go_format_g(value: float) -> str:
     return f"{sign}{digits[:point]}.{digits[point:]}"
 
 
-def _go_div(a: int, b: int) -> int:
-    """Go's int64 division, which truncates toward zero."""
-    quotient = abs(a) // abs(b)
-    return quotient if (a >= 0) == (b > 0) else -quotient
-
-
 # --- the renderer -------------------------------------------------------------------------------
 
 
@@ -411,7 +414,7 @@ def _memory_requests(r: _Renderer, spec: _Spec, overcommit: int) -> None:
         if overcommit == 100 or spec.page_size is not None:
             r.vm_requests[MEMORY] = memory
         else:
-            value = _go_div(wrap_int64(memory.value() * 100), overcommit)
+            value = go_int_div(wrap_int64(memory.value() * 100), overcommit)
             r.vm_requests[MEMORY] = Quantity.from_int(value, memory.format)
 
 
@@ -428,7 +431,7 @@ def _cpu_pinning(r: _Renderer, spec: _Spec) -> None:
         if CPU in r.vm_requests:
             r.vm_requests[CPU] = r.vm_requests[CPU].add(io_threads)
     if spec.isolate_emulator:
-        limits = r.vm_limits.get(CPU, _GO_ZERO)
+        limits = r.vm_limits.get(CPU, GO_ZERO)
         emulator = 1
         if (
             EVEN_PARITY_ANNOTATION in spec.annotations
@@ -484,7 +487,7 @@ def _hugepages(r: _Renderer, spec: _Spec, page_size: str, overhead: Quantity) ->
 
 def _memory_overhead(r: _Renderer, spec: _Spec, overhead: Quantity) -> None:
     """``WithMemoryOverhead``: the limit always gets the overhead; the request unless overcommitted."""
-    request = r.vm_requests.get(MEMORY, _GO_ZERO)
+    request = r.vm_requests.get(MEMORY, GO_ZERO)
     if not spec.overcommit_guest_overhead:
         request = request.add(overhead)
     r.vm_requests[MEMORY] = request
@@ -494,9 +497,11 @@ def _memory_overhead(r: _Renderer, spec: _Spec, overhead: Quantity) -> None:
 
 def _auto_memory_limits(r: _Renderer, ratio: float) -> None:
     """``WithAutoMemoryLimits``: limit = int64(float64(request) x ratio), in the request's format."""
-    request = r.vm_requests.get(MEMORY, _GO_ZERO)
+    request = r.vm_requests.get(MEMORY, GO_ZERO)
     product = float(request.value()) * ratio
-    if not -_INT64_LIMIT <= product < _INT64_LIMIT:  # NaN too: Go's conversion is platform-dependent
+    if (
+        not -INT64_FLOAT_BOUND <= product < INT64_FLOAT_BOUND
+    ):  # NaN too: Go's conversion is platform-dependent
         raise InputError(
             f"namespace.labels.{AUTO_MEMORY_LIMITS_RATIO_LABEL}",
             "makes the memory limit overflow 64-bit bytes (or is NaN)",
@@ -541,7 +546,7 @@ def render(body: Any, service: OverheadService) -> dict[str, Any]:
 
     r = _Renderer(spec)
     # WithEphemeralStorageRequest
-    r.vm_requests[EPHEMERAL] = r.vm_requests.get(EPHEMERAL, _GO_ZERO).add(_EPHEMERAL_OVERHEAD)
+    r.vm_requests[EPHEMERAL] = r.vm_requests.get(EPHEMERAL, GO_ZERO).add(_EPHEMERAL_OVERHEAD)
     if EPHEMERAL in r.vm_limits:
         r.vm_limits[EPHEMERAL] = r.vm_limits[EPHEMERAL].add(_EPHEMERAL_OVERHEAD)
     # WithVirtualizationResources(getRequiredResources(...)): limits only
@@ -553,7 +558,7 @@ def render(body: Any, service: OverheadService) -> dict[str, Any]:
     ]
     r.vm_limits.update({name: _ONE for wanted, name in required if wanted})
 
-    if spec.requests.get(MEMORY, _GO_ZERO).is_zero():
+    if spec.requests.get(MEMORY, GO_ZERO).is_zero():
         _memory_requests(r, spec, config.memory_overcommit)
     if spec.dedicated:
         _cpu_pinning(r, spec)

@@ -22,12 +22,11 @@ from typing import Any, Final
 
 from .errors import InputError, InvalidQuantity
 from .fields import EMPTY, read_bool, read_items, read_pointer, read_string
-from .quantity import ZERO, Format, Quantity, quantity_from_json
+from .quantity import GO_ZERO, ZERO, Quantity, quantity_from_json
 
 __all__ = ["VmiFeatures", "downward_metrics_volume", "extract_features", "memo_key", "read_quantity"]
 
 _UINT32_MAX: Final = 2**32 - 1
-_NULL_QUANTITY: Final = Quantity(0, 0, Format.NONE)
 
 
 FEATURE_NAMES: Final = (
@@ -86,7 +85,7 @@ def _uint32(parent: dict[str, Any], key: str, path: str) -> int:
 def read_quantity(value: Any, path: str) -> Quantity:
     """A quantity field; ``null`` decodes to Go's zero ``Quantity{}``."""
     if value is None:
-        return _NULL_QUANTITY
+        return GO_ZERO
     try:
         return quantity_from_json(value)
     except InvalidQuantity as err:

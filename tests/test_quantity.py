@@ -33,6 +33,7 @@ from overhead_service.quantity import (
     MIN_INT64,
     Format,
     Quantity,
+    go_int_div,
     parse_quantity,
     quantity_from_json,
     wrap_int64,
@@ -888,3 +889,18 @@ def test_fast_decoding_hands_fractional_numbers_back_for_exact_decoding() -> Non
     with pytest.raises(InexactNumber):
         quantity_from_json(jsonio.loads('{"q": 1.5e9}')["q"])
     assert quantity_from_json(jsonio.loads('{"q": 1500000000}')["q"]).value() == 1_500_000_000
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "quotient"),
+    [(7, 2, 3), (-7, 2, -3), (7, -2, -3), (-7, -2, 3), (0, 5, 0), (6, 3, 2), (-6, 3, -2)],
+)
+def test_go_int_div_truncates_toward_zero(a: int, b: int, quotient: int) -> None:
+    assert go_int_div(a, b) == quotient
+
+
+@given(st.integers(MIN_INT64, MAX_INT64), st.integers(MIN_INT64, MAX_INT64).filter(bool))
+def test_go_int_div_matches_truncated_division(a: int, b: int) -> None:
+    quotient = go_int_div(a, b)
+    assert abs(quotient * b) <= abs(a) and abs(a) - abs(quotient * b) < abs(b)  # |remainder| < |b|
+    assert quotient == 0 or (quotient > 0) == ((a > 0) == (b > 0))  # the sign of the true quotient
