@@ -1,6 +1,7 @@
 """Speed of POST /v1/overhead, measured in one bounded run.
 
 (a) the engine in-process, per VMI (and with JSON decode + encode around it);
+(a') the Flask app called directly (WSGI, no server), with and without the JSON access line;
 (b) HTTP throughput of ``POST /v1/overhead`` under gunicorn, next to the trivial ``GET /healthz``
     served by the same app, at rising concurrency (throughput ratio, p50/p99 latency);
 (c) ``POST /v1/overhead/batch`` with 10,000 VMIs: wall time per VMI, over HTTP and in-process.
@@ -16,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import json
+import logging
+import math
 import os
 import re
 import shutil
@@ -262,6 +266,65 @@ def bench_http(
     }
 
 
+def bench_app(requests: list[dict[str, Any]], calls: int = 20_000) -> dict[str, float]:
+    """The Flask app called directly as WSGI (no server, no sockets): µs per request of GET /healthz
+    and POST /v1/overhead (memo warm), with the JSON access line logged (LOG_LEVEL info, to
+    /dev/null) and without it (LOG_LEVEL warning). Metrics count in memory here, not in mmap'd
+    files as under gunicorn."""
+    from werkzeug.test import EnvironBuilder
+
+    from overhead_service import create_app
+    from overhead_service.logs import JsonFormatter
+    from overhead_service.store import Store
+
+    bodies = [json.dumps(r).encode() for r in requests[:500]]
+    sink = open(os.devnull, "w")  # noqa: SIM115  # closed below, after both apps ran
+    handler = logging.StreamHandler(sink)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+
+    def per_request(app: Any, path: str, payloads: list[bytes | None]) -> float:
+        def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+            return None
+
+        environs = [
+            EnvironBuilder(
+                path=path,
+                method="GET" if body is None else "POST",
+                data=body,
+                content_type=None if body is None else "application/json",
+            ).get_environ()
+            for body in payloads
+        ]
+        best = math.inf
+        for _ in range(3):
+            start = time.perf_counter()
+            for i in range(calls):
+                environ = dict(environs[i % len(environs)])
+                body = payloads[i % len(payloads)]
+                if body is not None:
+                    environ["wsgi.input"] = io.BytesIO(body)
+                for _chunk in app(environ, start_response):
+                    pass
+            best = min(best, (time.perf_counter() - start) / calls * 1e6)
+        return best
+
+    results: dict[str, float] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="overhead-bench-app-") as tmp:
+            url = f"sqlite:///{tmp}/bench.db"
+            Store(url).create_schema()
+            for level in ("info", "warning"):
+                app = create_app({"DATABASE_URL": url, "SYNC_SECONDS": 0, "LOG_LEVEL": level})
+                results[f"healthz_{level}_us"] = per_request(app, "/healthz", [None])
+                results[f"overhead_{level}_us"] = per_request(app, "/v1/overhead", list(bodies))
+    finally:
+        root.removeHandler(handler)
+        sink.close()
+    return results
+
+
 def bench_batch_in_process(requests: list[dict[str, Any]]) -> float:
     service = OverheadService(TableRegistry.builtin())
     payload = json.dumps({"items": requests})
@@ -292,6 +355,7 @@ def main() -> int:
     distinct = len({json.dumps(memo_key(r, r["vmi"])) for r in requests})
     engine = bench_engine(requests[:2000])
     batch_in_process = bench_batch_in_process(requests)
+    app = bench_app(requests)
     http = bench_http(
         requests, args.seconds, [int(n) for n in args.levels.split(",")], args.workers, args.rounds
     )
@@ -307,6 +371,11 @@ def main() -> int:
     print(
         f"    JSON decode + compute + encode, cold    {engine['decode_compute_encode_cold_us']:6.1f} µs/VMI\n"
     )
+    print("(a') the app called in-process (WSGI, no server), µs per request:")
+    print("    access line     | GET /healthz | POST /v1/overhead (memo warm)")
+    for level, label in (("info", "logged (info)  "), ("warning", "dropped (warn.)")):
+        print(f"    {label} | {app[f'healthz_{level}_us']:12.1f} | {app[f'overhead_{level}_us']:12.1f}")
+    print()
     print("(b) HTTP under gunicorn, POST /v1/overhead vs GET /healthz (same app):")
     print("    conns | healthz req/s | overhead req/s | ratio | overhead p50 ms | p99 ms")
     for row in http["levels"]:
@@ -333,7 +402,10 @@ def main() -> int:
     )
     if args.json:
         args.json.write_text(
-            json.dumps({"engine": engine, "http": http, "batch_in_process_us": batch_in_process}, indent=2)
+            json.dumps(
+                {"engine": engine, "app": app, "http": http, "batch_in_process_us": batch_in_process},
+                indent=2,
+            )
         )
     return 0
 

@@ -40,7 +40,7 @@ def compute_batch() -> Response:
     # A 10,000-item batch decodes into ~300,000 containers; the cyclic garbage collector would walk
     # them again and again while they are young (measured: decoding 5x slower).  Nothing here makes
     # reference cycles, so reference counting frees it all; the collector resumes afterwards.
-    # One batch at a time per process: a 10,000-item batch holds ~150 MiB while it is answered
+    # One batch at a time per process: a 10,000-item batch takes a worker from ~60 to ~200 MiB
     # (benchmarks/bench_overhead.py measures it), so a worker's threads must not multiply that;
     # they wait before reading their bodies. Single requests never wait.
     with BATCH_SLOT, gc_paused():
