@@ -34,9 +34,9 @@ help:
 	@echo "make serve   run overhead-service on $(BIND) (SQLite under var/)"
 	@echo "make test    install test dependencies, then ruff, mypy and pytest"
 	@echo "make lint    ruff check, ruff format --check, mypy"
-	@echo "make bench   run benchmarks/bench_overhead.py"
-	@echo "make bench-ingest  run benchmarks/bench_ingest.py (SQLite and a throwaway PostgreSQL)"
-	@echo "make bench-load    run benchmarks/bench_load.py (/v1/overhead vs /healthz at 1..64 connections)"
+	@echo "make bench   run python -m benchmarks.bench_overhead"
+	@echo "make bench-ingest  run python -m benchmarks.bench_ingest (SQLite and a throwaway PostgreSQL)"
+	@echo "make bench-load    run python -m benchmarks.bench_load (/v1/overhead vs /healthz at 1..64 connections)"
 	@echo "make init-db create or upgrade the database schema (DATABASE_URL; serve does it too)"
 	@echo "make image   build the container image with docker or podman (IMAGE=...; not run in CI)"
 	@echo "make measure boot QEMU guests and measure them (MEASURE_CONFIG, MEASURE_ARGS; see benchmarks/measure)"
@@ -84,15 +84,15 @@ test: lint
 	$(BIN)/pytest
 
 bench: install bench-deps
-	$(BIN)/python benchmarks/bench_overhead.py
+	$(BIN)/python -m benchmarks.bench_overhead
 
 bench-ingest: install-test
-	$(BIN)/python benchmarks/bench_ingest.py
+	$(BIN)/python -m benchmarks.bench_ingest
 
 # Load at rising concurrency (wrk when installed, else a built-in client); bounded by --max-seconds.
 .PHONY: bench-load
 bench-load: install bench-deps
-	$(BIN)/python benchmarks/bench_load.py $(BENCH_LOAD_ARGS)
+	$(BIN)/python -m benchmarks.bench_load $(BENCH_LOAD_ARGS)
 
 # Real QEMU/KVM measurements (benchmarks/measure): e.g.
 #   make measure MEASURE_CONFIG=benchmarks/measure/grid-small.yaml MEASURE_ARGS='--url http://svc:8080 --token T'

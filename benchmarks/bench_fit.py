@@ -12,7 +12,7 @@ size it times, median of ``--repeat`` runs:
 
 Generating the data is not timed.
 
-    python benchmarks/bench_fit.py [--sizes 10000 100000 1000000] [--repeat 3] [--json out.json]
+    python -m benchmarks.bench_fit [--sizes 10000 100000 1000000] [--repeat 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from overhead_service.calibration import fitting
 
-from overhead_service import fitting  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 Mi = 1 << 20
 Gi = 1 << 30

@@ -7,7 +7,7 @@ one round re-sending batches already stored (every record a duplicate: what a re
 bodies are encoded before the clock starts; the rate is records over the wall time from the first
 request to the last answer, clients all started together. Bounded: about a minute.
 
-    python benchmarks/bench_ingest.py [--records 40000] [--workers 2] [--json results.json]
+    python -m benchmarks.bench_ingest [--records 40000] [--workers 2] [--json results.json]
 """
 
 from __future__ import annotations
@@ -18,21 +18,17 @@ import multiprocessing
 import os
 import platform
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import orjson
+import sqlalchemy
 
-import orjson  # noqa: E402
-import sqlalchemy  # noqa: E402
-
-from tests.pg import PostgresCluster  # noqa: E402
-from tests.records import sample  # noqa: E402
-from tests.server import GunicornServer, UploadReport, upload_batches  # noqa: E402
-from tests.support import INGEST_TOKEN, TOKENS  # noqa: E402
+from benchmarks.harness.pg import PostgresCluster
+from benchmarks.harness.records import sample
+from benchmarks.harness.server import GunicornServer, UploadReport, upload_batches
+from benchmarks.harness.tokens import INGEST_TOKEN, TOKENS
 
 SCENARIOS = [(500, 1), (500, 4), (5000, 1), (5000, 4)]  # (batch size, clients)
 

@@ -18,7 +18,7 @@ fit are skipped and listed). The server is stopped at the end, on an error, on C
 SIGTERM. Exit status: 0 when every answer was 2xx, 1 when some were not (or sockets failed), 130
 when interrupted.
 
-    python benchmarks/bench_load.py [--levels 1,2,4,8,16,32,64] [--duration 3] [--rounds 3] [--json out.json]
+    python -m benchmarks.bench_load [--levels 1,2,4,8,16,32,64] [--duration 3] [--rounds 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -45,14 +45,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.corpus import corpus  # noqa: E402
-from overhead_service.gunicorn_conf import cpu_count  # noqa: E402
-from overhead_service.vmi import memo_key  # noqa: E402
-from tests.server import GunicornServer  # noqa: E402
-from tests.support import TOKENS  # noqa: E402
+from benchmarks.corpus import corpus
+from benchmarks.harness.server import GunicornServer
+from benchmarks.harness.tokens import TOKENS
+from overhead_service.gunicorn_conf import cpu_count
+from overhead_service.model.vmi import memo_key
 
 DEFAULT_LEVELS = "1,2,4,8,16,32,64"
 OVERHEAD = ("POST", "/v1/overhead")

@@ -10,7 +10,7 @@ Targets (issue 2): throughput ratio >= 0.8 and batch <= 30 µs per VMI.  The loa
 ``wrk`` when it is installed (``make bench`` installs it), else a small Python client; the report
 says which.  Everything runs on loopback and stops by itself.
 
-    python benchmarks/bench_overhead.py [--seconds 5] [--json results.json]
+    python -m benchmarks.bench_overhead [--seconds 5] [--json results.json]
 """
 
 from __future__ import annotations
@@ -35,14 +35,13 @@ from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks.corpus import corpus
+from overhead_service.jsonio import dumps, loads
+from overhead_service.model.service import OverheadService
+from overhead_service.model.tables import TableRegistry
+from overhead_service.model.vmi import memo_key
 
-from benchmarks.corpus import corpus  # noqa: E402
-from overhead_service.jsonio import dumps, loads  # noqa: E402
-from overhead_service.service import OverheadService  # noqa: E402
-from overhead_service.tables import TableRegistry  # noqa: E402
-from overhead_service.vmi import memo_key  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TARGET_RATIO = 0.8
 TARGET_BATCH_US = 30.0

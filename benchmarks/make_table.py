@@ -1,10 +1,10 @@
 """Fit a built-in table from measurement records (JSON Lines) and write it with its provenance.
 
-    python benchmarks/make_table.py RECORDS.jsonl --id ID --out overhead_service/data/tables/ID.json \\
+    python -m benchmarks.make_table RECORDS.jsonl --id ID --out overhead_service/data/tables/ID.json \\
         [--parent kubevirt-v1.9.0] [--hypervisor kvm --arch amd64 --scope qemu] [--target 0.99] \\
         [--machine "what the host was"]
 
-The fit is the service's own (:func:`overhead_service.fitting.fit`, held-out coverage included);
+The fit is the service's own (:func:`overhead_service.calibration.fitting.fit`, held-out coverage included);
 this script only adds what a shipped table must say about itself: the machine class, the QEMU and
 kernel versions, the accelerator, the sample count, the held-out coverage, and where the raw
 records are.  The table is marked built-in and stays inactive until an operator activates it.
@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from overhead_service import fitting  # noqa: E402
-from overhead_service.measurements import validate_record  # noqa: E402
-from overhead_service.tables import TableRegistry, compile_table  # noqa: E402
+from overhead_service.calibration import fitting
+from overhead_service.calibration.records import validate_record
+from overhead_service.model.tables import TableRegistry, compile_table
 
 
 def main() -> int:

@@ -12,9 +12,9 @@ from overhead_service.errors import (
     TableFormatError,
     UnknownTable,
 )
-from overhead_service.quantity import Quantity, parse_quantity
-from overhead_service.service import OverheadService
-from overhead_service.tables import TableRegistry
+from overhead_service.model.quantity import Quantity, parse_quantity
+from overhead_service.model.service import OverheadService
+from overhead_service.model.tables import TableRegistry
 
 if TYPE_CHECKING:
     from overhead_service.app import create_app

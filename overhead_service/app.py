@@ -8,11 +8,13 @@ from typing import Any
 from flask import Flask
 
 from overhead_service import config as settings
-from overhead_service import store, web
-from overhead_service.service import OverheadService
-from overhead_service.tables import TableRegistry
-from overhead_service.web import sync
-from overhead_service.web.common import REGISTRY, SERVICE
+from overhead_service import web
+from overhead_service.extensions import REGISTRY, SERVICE, STORE, SYNC
+from overhead_service.model.service import OverheadService
+from overhead_service.model.tables import TableRegistry
+from overhead_service.store import Store
+from overhead_service.sync import TableSync
+from overhead_service.web.metrics import publish_active_tables
 
 __all__ = ["create_app"]
 
@@ -29,12 +31,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         known = ", ".join(registry.ids())
         raise ValueError(f"DEFAULT_TABLE {default_table!r} is not a known table (known: {known})")
     app.extensions[REGISTRY] = registry
-    app.extensions[SERVICE] = OverheadService(
-        registry, default_arch=app.config["DEFAULT_ARCH"], default_table=default_table
-    )
+    service = OverheadService(registry, default_arch=app.config["DEFAULT_ARCH"], default_table=default_table)
+    app.extensions[SERVICE] = service
+    # The store holds no schema until `init-db` (or gunicorn's on_starting) creates it.
+    store = app.extensions[STORE] = Store(app.config["DATABASE_URL"])
 
-    store.init_app(app)
     web.init_app(app)
     # Stored tables and the active choice: loaded now, then polled (never on the hot path).
-    sync.init_app(app, store.get_store(app), registry, app.extensions[SERVICE])
+    sync = TableSync(store, registry, service, float(app.config["SYNC_SECONDS"]), publish_active_tables)
+    app.extensions[SYNC] = sync
+    sync.begin()
     return app

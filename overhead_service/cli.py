@@ -22,15 +22,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from overhead_service import config as settings
 from overhead_service import jsonio, multiproc
+from overhead_service.calibration.fitting import SampleArrays
+from overhead_service.calibration.records import parse_timestamp, validate_record
+from overhead_service.calibration.report import UPSTREAM_TABLE, default_target, render_report
 from overhead_service.errors import InputError, UnknownTable, problem
-from overhead_service.fitting import SampleArrays
-from overhead_service.measurements import parse_timestamp, validate_record
-from overhead_service.render import render as render_resources
-from overhead_service.report import UPSTREAM_TABLE, default_target, render_report
-from overhead_service.service import OverheadService
-from overhead_service.store import Store, get_store
-from overhead_service.tables import TableRegistry
-from overhead_service.web.common import REGISTRY, SERVICE
+from overhead_service.extensions import REGISTRY, SERVICE, get_store
+from overhead_service.model.render import render as render_resources
+from overhead_service.model.service import OverheadService
+from overhead_service.model.tables import TableRegistry
+from overhead_service.store import Store
 from overhead_service.web.errors import status_of
 from overhead_service.web.reports import describe_selection
 from overhead_service.web.tables import table_listing

@@ -47,7 +47,7 @@ class JsonNumber(Decimal):
     """A JSON number with a fraction or exponent: its exact value, and its text as written.
 
     Kubernetes parses a quantity given as a JSON number from the raw text (``1.5e9`` keeps its
-    exponent form), so :func:`overhead_service.quantity.quantity_from_json` reads :attr:`raw`.
+    exponent form), so :func:`overhead_service.model.quantity.quantity_from_json` reads :attr:`raw`.
     """
 
     __slots__ = ("raw",)

@@ -23,10 +23,10 @@ from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy.exc import SQLAlchemyError
 
+from benchmarks.harness.pg import PostgresCluster
+from benchmarks.harness.tokens import ADMIN_TOKEN, INGEST_TOKEN, TOKENS, create_schema
 from overhead_service import config, create_app
-from overhead_service.store import get_store
-from tests.pg import PostgresCluster
-from tests.support import ADMIN_TOKEN, INGEST_TOKEN, TOKENS, create_schema
+from overhead_service.extensions import get_store
 
 ROOT = Path(__file__).resolve().parent.parent
 

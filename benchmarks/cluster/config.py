@@ -17,7 +17,7 @@ from typing import Any, Final
 import yaml
 
 from overhead_service.errors import InputError
-from overhead_service.quantity import parse_quantity
+from overhead_service.model.quantity import parse_quantity
 
 __all__ = [
     "DEVICE_SETS",

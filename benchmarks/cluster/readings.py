@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 from typing import Any, Final
 
 from overhead_service.errors import InputError
-from overhead_service.quantity import parse_quantity
+from overhead_service.model.quantity import parse_quantity
 
 __all__ = [
     "COMPONENTS",

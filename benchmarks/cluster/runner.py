@@ -56,8 +56,8 @@ from benchmarks.cluster.readings import (
 from benchmarks.cluster.records import HostFacts, SampleReadings, node_record, pod_record
 from benchmarks.cluster.upload import JsonLinesSink, Uploader, UploadError
 from benchmarks.cluster.vmi import MANAGED_BY, vmi_manifest, vmi_name
+from overhead_service.calibration.records import validate_record
 from overhead_service.errors import InputError
-from overhead_service.measurements import validate_record
 
 __all__ = [
     "Benchmark",

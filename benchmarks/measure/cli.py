@@ -47,8 +47,8 @@ from benchmarks.measure.upload import (
     read_jsonl,
     write_jsonl,
 )
+from overhead_service.calibration.records import validate_record
 from overhead_service.errors import InputError
-from overhead_service.measurements import validate_record
 
 __all__ = ["Progress", "main"]
 

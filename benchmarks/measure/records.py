@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from benchmarks.measure.host import HostFacts
 from benchmarks.measure.runner import MIB, Measurement
-from overhead_service.measurements import validate_record
+from overhead_service.calibration.records import validate_record
 
 __all__ = ["build_record", "default_run_id", "sample_id"]
 

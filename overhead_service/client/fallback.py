@@ -25,9 +25,9 @@ from typing import Any
 from overhead_service import jsonio
 from overhead_service.client.errors import ProblemError, problem_error
 from overhead_service.errors import InexactNumber, InputError, UnknownTable, problem
-from overhead_service.render import render
-from overhead_service.service import OverheadService
-from overhead_service.tables import TableRegistry
+from overhead_service.model.render import render
+from overhead_service.model.service import OverheadService
+from overhead_service.model.tables import TableRegistry
 
 __all__ = ["LocalFallback"]
 

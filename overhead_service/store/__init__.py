@@ -37,7 +37,6 @@ from typing import Any, Final, cast
 
 import numpy as np
 import numpy.typing as npt
-from flask import Flask, current_app
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -72,8 +71,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from overhead_service import jsonio
+from overhead_service.calibration.records import parse_timestamp
 from overhead_service.errors import InputError, NothingToRollBack, TableExists
-from overhead_service.measurements import parse_timestamp
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -88,7 +87,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EXTENSION = "overhead_service.store"
 BUSY_TIMEOUT_MS = 5000
 
 # Execution option marking a connection whose transaction writes (SQLite: BEGIN IMMEDIATE).
@@ -401,7 +399,7 @@ class Store:
     def add_measurements(
         self, records: Sequence[dict[str, Any]], *, ingested_by: str | None = None
     ) -> IngestResult:
-        """Store validated records (see :func:`overhead_service.measurements.validate_batch`).
+        """Store validated records (see :func:`overhead_service.calibration.records.validate_batch`).
 
         Atomic: every new record is stored, or none (any database error rolls the batch back and
         propagates, e.g. :class:`sqlalchemy.exc.IntegrityError` for a record breaking a
@@ -527,7 +525,7 @@ class Store:
         Keys: ``id`` and :data:`FIT_COLUMNS` (``overhead_bytes``, ``vcpus``, ``guest_memory_bytes``,
         ``io_threads``, ``exec_probes`` as int64; ``graphics``, ``vfio``, ``tpm``, ``sev``,
         ``dedicated_cpu``, ``downward_metrics``, ``vcpus_online`` as bool) — the field names of
-        :class:`overhead_service.fitting.SampleArrays`. An absent optional field reads as the
+        :class:`overhead_service.calibration.fitting.SampleArrays`. An absent optional field reads as the
         record format's default: false, 0, and ``vcpus_online`` true.
         """
         m = measurements.c
@@ -969,13 +967,3 @@ def _sqlite_on_begin(conn: Connection) -> None:
     # Writers take the write lock up front (BEGIN IMMEDIATE waits for it under busy_timeout); a
     # deferred BEGIN upgrading to a writer later fails at once with SQLITE_BUSY instead.
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
-
-
-def init_app(app: Flask) -> None:
-    """Create the application's :class:`Store` from ``DATABASE_URL`` (no schema: see create_schema)."""
-    app.extensions[EXTENSION] = Store(app.config["DATABASE_URL"])
-
-
-def get_store(app: Flask | None = None) -> Store:
-    """The :class:`Store` of ``app`` (default: the current application)."""
-    return cast(Store, (app or current_app).extensions[EXTENSION])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 
 from overhead_service.errors import InputError
-from overhead_service.store import get_store
+from overhead_service.extensions import get_store
 from overhead_service.web.common import json_response
 
 __all__ = ["bp"]

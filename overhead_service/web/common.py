@@ -3,34 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-from flask import Response, current_app, request
+from flask import Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from overhead_service import jsonio
 from overhead_service.errors import InexactNumber
-from overhead_service.service import OverheadService
-from overhead_service.tables import TableRegistry
+from overhead_service.extensions import get_registry as registry
+from overhead_service.extensions import get_service as service
 from overhead_service.web.errors import MalformedJSON, UnsupportedMediaType
 
 T = TypeVar("T")
 
-__all__ = ["REGISTRY", "SERVICE", "json_response", "read_body", "read_json", "registry", "service"]
-
-SERVICE = "overhead_service.service"
-REGISTRY = "overhead_service.registry"
-
-
-def service() -> OverheadService:
-    """The application's one :class:`OverheadService` (built by the factory, not per request)."""
-    return cast(OverheadService, current_app.extensions[SERVICE])
-
-
-def registry() -> TableRegistry:
-    """The application's calibration tables."""
-    return cast(TableRegistry, current_app.extensions[REGISTRY])
-
+__all__ = ["json_response", "read_body", "read_json", "registry", "service"]
 
 def read_body() -> bytes:
     """The raw request body; 413 when it is larger than ``MAX_CONTENT_LENGTH``.

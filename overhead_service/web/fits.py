@@ -1,9 +1,9 @@
 """``POST /v1/fits``: fit a new draft table from stored measurements.
 
-The fit itself is :func:`overhead_service.fitting.fit`; this blueprint selects the measurements,
-names the draft after its inputs (:func:`overhead_service.calibration.fit_id`), stores it
+The fit itself is :func:`overhead_service.calibration.fitting.fit`; this blueprint selects the measurements,
+names the draft after its inputs (:func:`overhead_service.calibration.activation.fit_id`), stores it
 (immutable; the same fit asked twice returns the table already stored) and makes it known to this
-worker at once (the others catch up through :mod:`overhead_service.web.sync`).
+worker at once (the others catch up through :mod:`overhead_service.sync`).
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app
 
-from overhead_service import calibration, fitting
+from overhead_service.calibration import activation as calibration
+from overhead_service.calibration import fitting
 from overhead_service.errors import InputError
-from overhead_service.store import get_store
+from overhead_service.extensions import get_store, get_sync
 from overhead_service.web.auth import require_role
 from overhead_service.web.common import json_response, read_json, registry
 from overhead_service.web.metrics import FIT_SECONDS, FITS
 from overhead_service.web.selectors import measurement_selector
-from overhead_service.web.sync import get_sync
 
 __all__ = ["bp"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app
 
-from overhead_service.store import get_store
-from overhead_service.web.common import REGISTRY, SERVICE, json_response
+from overhead_service.extensions import REGISTRY, SERVICE, get_store
+from overhead_service.web.common import json_response
 from overhead_service.web.errors import PROBLEM_JSON, http_problem
 
 __all__ = ["bp"]

@@ -1,7 +1,7 @@
 """``POST /v1/measurements`` (role ``ingest``) and ``GET /v1/measurements`` (open).
 
 Upload: ``{"records": [record, ...]}``, at most 10,000 records
-(:mod:`overhead_service.measurements`). The batch is atomic: if any record is invalid, nothing is
+(:mod:`overhead_service.calibration.records`). The batch is atomic: if any record is invalid, nothing is
 stored and the 422 problem lists every bad record (``errors[].path`` = ``records[i].field``).
 A record whose ``(runId, sampleId)`` is already stored is not stored again and is reported as a
 duplicate, so a retried upload is harmless and never counted twice. The answer is always 200 (not
@@ -22,9 +22,9 @@ from typing import Any, Final
 
 from flask import Blueprint, Response, request
 
+from overhead_service.calibration.records import HYPERVISORS, SCOPES, parse_timestamp, validate_batch
 from overhead_service.errors import InputError, InvalidRecords
-from overhead_service.measurements import HYPERVISORS, SCOPES, parse_timestamp, validate_batch
-from overhead_service.store import get_store
+from overhead_service.extensions import get_store
 from overhead_service.web.auth import require_role
 from overhead_service.web.common import json_response, read_json
 from overhead_service.web.metrics import MEASUREMENTS

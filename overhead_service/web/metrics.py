@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Final
 
 from flask import Blueprint, Response
@@ -31,6 +30,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from overhead_service.multiproc import ENV
+from overhead_service.sync import ActiveTable
 
 __all__ = [
     "ACTIVE_TABLE",
@@ -45,7 +45,6 @@ __all__ = [
     "HYPERVISOR_DECISIONS",
     "MEASUREMENTS",
     "PROVISIONAL_ANSWERS",
-    "ActiveTable",
     "bp",
     "publish_active_tables",
 ]
@@ -118,18 +117,6 @@ COVERAGE_TARGET: Final = Gauge(
     ["hypervisor", "arch", "table"],
     multiprocess_mode="livemax",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class ActiveTable:
-    """One entry of the active choice, as the gauges show it."""
-
-    hypervisor: str
-    arch: str
-    table: str
-    provisional: bool
-    coverage: float | None = None  # held-out coverage and its target, for a fitted table
-    target: float | None = None
 
 
 # The label sets this process last set to 1 (or to a ratio), so the next choice can zero them.

@@ -9,7 +9,7 @@ template, or ``unmatched``), ``path``, ``status`` and ``duration_ms``; an overhe
 hypervisor, its reason and the table (:func:`observe_answer`), a batch the counts per hypervisor,
 reason and table (:func:`observe_batch`), a problem document its type and the field paths. Its
 level is ``info``, ``warning`` for a hypervisor fallback (with a ``remediation`` hint from
-:data:`overhead_service.hypervisor.REMEDIATION`), ``error`` for a 5xx. gunicorn's own access log
+:data:`overhead_service.model.hypervisor.REMEDIATION`), ``error`` for a 5xx. gunicorn's own access log
 stays off, so there is one line per request.
 
 This is on the VM-start hot path: metric children are looked up once per label set and cached,
@@ -31,8 +31,8 @@ from prometheus_client import Counter
 from werkzeug.wrappers import Response
 
 from overhead_service import jsonio
-from overhead_service.hypervisor import FALLBACK_REASONS, REMEDIATION
 from overhead_service.logs import CONTEXT
+from overhead_service.model.hypervisor import FALLBACK_REASONS, REMEDIATION
 from overhead_service.web.errors import PROBLEM_JSON
 from overhead_service.web.metrics import (
     ANSWERS,

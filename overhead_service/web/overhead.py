@@ -1,7 +1,7 @@
 """``POST /v1/overhead`` and ``POST /v1/overhead/batch``: KubeVirt's VM-start hot path.
 
 Per request: check the media type, decode, compute, encode. No schema library and no database:
-:class:`~overhead_service.service.OverheadService` validates exactly what it reads.
+:class:`~overhead_service.model.service.OverheadService` validates exactly what it reads.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``POST /v1/render``: the virt-launcher compute container's resources, as KubeVirt renders them.
 
 Same media-type and JSON handling as ``POST /v1/overhead``; the domain work is
-:func:`overhead_service.render.render`.
+:func:`overhead_service.model.render.render`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from overhead_service.render import render
+from overhead_service.model.render import render
 from overhead_service.web.common import answer_json, json_response, service
 from overhead_service.web.observe import observe_answer
 

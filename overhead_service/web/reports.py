@@ -3,13 +3,14 @@
 Query parameters (each at most once, except ``runs``):
 
 - ``hypervisor``, ``arch``, ``scope``: which measurements and which model of the table; by default
-  those the table was fitted for, else kvm/amd64/qemu (:func:`overhead_service.report.default_target`);
+  those the table was fitted for, else kvm/amd64/qemu
+  (:func:`overhead_service.calibration.report.default_target`);
 - ``runs`` (repeatable, at most 100), ``since`` (inclusive), ``until`` (exclusive): which stored
   measurements, as for ``GET /v1/measurements``;
 - ``upstream``: the table to compare with (default ``kubevirt-v1.9.0``).
 
-The page is :func:`overhead_service.report.render_report` (``text/html``). An unknown table is a 404
-problem; a bad, repeated or unknown parameter a 422 problem whose path is the parameter's name.
+The page is :func:`overhead_service.calibration.report.render_report` (``text/html``). An unknown
+table is a 404 problem; a bad, repeated or unknown parameter a 422 problem whose path is the parameter's name.
 The measurements are read as numpy columns (:meth:`Store.measurement_columns`: the report needs
 the shapes and overheads only, and this is the fast way for 10^6 samples) with their host facts.
 """
@@ -20,11 +21,11 @@ from typing import Any, Final
 
 from flask import Blueprint, Response, request
 
+from overhead_service.calibration.fitting import SampleArrays
+from overhead_service.calibration.records import HYPERVISORS, SCOPES, parse_timestamp
+from overhead_service.calibration.report import UPSTREAM_TABLE, default_target, render_report
 from overhead_service.errors import InputError, UnknownTable
-from overhead_service.fitting import SampleArrays
-from overhead_service.measurements import HYPERVISORS, SCOPES, parse_timestamp
-from overhead_service.report import UPSTREAM_TABLE, default_target, render_report
-from overhead_service.store import get_store
+from overhead_service.extensions import get_store
 from overhead_service.web.common import registry
 from overhead_service.web.errors import problem_response
 from overhead_service.web.selectors import query_choice, query_text

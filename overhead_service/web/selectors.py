@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from overhead_service.calibration.records import HYPERVISORS, SCOPES, parse_timestamp, storable_text
 from overhead_service.errors import InputError
-from overhead_service.measurements import HYPERVISORS, SCOPES, parse_timestamp, storable_text
 
 __all__ = ["measurement_selector", "parse_time", "query_choice", "query_text"]
 

@@ -2,7 +2,7 @@
 
 Reads are open; activation and rollback need the ``admin`` role and are recorded (who, when, why,
 which table was active before).  The worker that handled the change applies it at once; every
-other worker and replica within ``SYNC_SECONDS`` (:mod:`overhead_service.web.sync`).
+other worker and replica within ``SYNC_SECONDS`` (:mod:`overhead_service.sync`).
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app
 
-from overhead_service import calibration, fitting
+from overhead_service.calibration import activation as calibration
+from overhead_service.calibration import fitting
+from overhead_service.calibration.records import validate_batch
 from overhead_service.errors import Conflict, InputError, UnknownTable
-from overhead_service.measurements import validate_batch
-from overhead_service.store import get_store
+from overhead_service.extensions import get_store, get_sync
 from overhead_service.web.auth import require_role
 from overhead_service.web.common import json_response, read_json, registry, service
 from overhead_service.web.errors import problem_response
 from overhead_service.web.selectors import measurement_selector
-from overhead_service.web.sync import get_sync
 
 __all__ = ["bp", "table_listing"]
 

@@ -1,0 +1,314 @@
+"""The domain entry point: one overhead request in, one JSON-ready answer out.
+
+Nothing here knows about Flask, HTTP or SQL; the web layer and the CLI are thin shells around
+:class:`OverheadService`.
+
+Request (a decoded JSON object)::
+
+    {"vmi": {...VirtualMachineInstance...},          # required
+     "cpuArch": "amd64",                              # optional
+     "hypervisor": "auto" | "kvm" | "mshv" | "hyperv-direct",
+     "kubevirtConfiguration": {"additionalGuestMemoryOverheadRatio": "1.5",
+                               "developerConfiguration": {"featureGates": [...], "useEmulation": false},
+                               "hypervisors": [{"name": "hyperv-direct"}],
+                               "network": {"binding": {...}}},
+     "node": {"mshvAvailable": true, "kvmAvailable": true, "emulationAllowed": false},
+     "table": "kubevirt-v1.9.0"}
+
+Answer::
+
+    {"overhead": {"quantity": "304087040", "bytes": 304087040},
+     "nodeOverhead": {"quantity": "0", "bytes": 0},
+     "hypervisor": {"name": "kvm", "reason": "feature-gate-disabled", "domainType": "kvm",
+                    "deviceResource": "devices.kubevirt.io/kvm"},
+     "table": {"id": "kubevirt-v1.9.0", "provisional": false},
+     "cpuArch": "amd64",
+     "components": [{"name": "pagetables", "bytes": 2097152}, ...],
+     "nodeComponents": []}
+
+Bad input raises :class:`~overhead_service.errors.InputError` with the JSON path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any, Final
+
+import orjson
+
+from overhead_service.errors import InexactNumber, InputError, NotInTable, problem
+from overhead_service.model.engine import evaluate, parse_ratio
+from overhead_service.model.hypervisor import HypervisorDecision, NodeFacts, select
+from overhead_service.model.quantity import Quantity
+from overhead_service.model.tables import Model, TableRegistry
+from overhead_service.model.vmi import extract_features, memo_key, read_quantity
+
+__all__ = ["OverheadService"]
+
+_FIELDS: Final = frozenset({"vmi", "cpuArch", "hypervisor", "kubevirtConfiguration", "node", "table"})
+_HYPERVISORS: Final = {"auto": "auto", "kvm": "kvm", "mshv": "mshv", "hyperv-direct": "mshv"}
+_CONFIGURED: Final = frozenset({"kvm", "hyperv-direct"})
+_MAX_ARCH: Final = 64
+_MAX_RATIO: Final = 100
+
+
+def _object(value: Any, path: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if type(value) is not dict:
+        raise InputError(path, "must be an object or null")
+    return value
+
+
+def _optional_string(body: dict[str, Any], key: str, path: str, limit: int) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise InputError(path, "must be a string")
+    if len(value) > limit:
+        raise InputError(path, f"must be at most {limit} characters")
+    return value
+
+
+def _optional_bool(body: dict[str, Any], key: str, path: str) -> bool | None:
+    value = body.get(key)
+    if value is None or type(value) is bool:
+        return value
+    raise InputError(path, "must be a boolean or null")
+
+
+class _Cluster:
+    """The parts of KubeVirt's ``spec.configuration`` that the overhead depends on."""
+
+    __slots__ = ("bindings", "configured", "gates", "ratio", "use_emulation")
+
+    def __init__(self, config: dict[str, Any] | None) -> None:
+        config = config or {}
+        p = "kubevirtConfiguration"
+        self.ratio = parse_ratio(
+            _optional_string(
+                config,
+                "additionalGuestMemoryOverheadRatio",
+                f"{p}.additionalGuestMemoryOverheadRatio",
+                _MAX_RATIO,
+            )
+        )
+        dev = _object(config.get("developerConfiguration"), f"{p}.developerConfiguration") or {}
+        gates = dev.get("featureGates")
+        if gates is not None and (type(gates) is not list or any(type(g) is not str for g in gates)):
+            raise InputError(f"{p}.developerConfiguration.featureGates", "must be an array of strings")
+        self.gates = frozenset(gates or ())
+        self.use_emulation = bool(
+            _optional_bool(dev, "useEmulation", f"{p}.developerConfiguration.useEmulation")
+        )
+        hypervisors = config.get("hypervisors")
+        if hypervisors is not None and type(hypervisors) is not list:
+            raise InputError(f"{p}.hypervisors", "must be an array")
+        names = []
+        for index, entry in enumerate(hypervisors or ()):
+            hp = f"{p}.hypervisors[{index}]"
+            if type(entry) is not dict:
+                raise InputError(hp, "must be an object")
+            if type(entry.get("name")) is not str or entry["name"] not in _CONFIGURED:
+                raise InputError(f"{hp}.name", "must be one of kvm, hyperv-direct")
+            names.append(entry["name"])
+        self.configured = names[0] if names else None
+        self.bindings = self._bindings(config, p)
+
+    @staticmethod
+    def _bindings(config: dict[str, Any], p: str) -> dict[str, Quantity | None]:
+        network = _object(config.get("network"), f"{p}.network") or {}
+        plugins = _object(network.get("binding"), f"{p}.network.binding") or {}
+        bindings: dict[str, Quantity | None] = {}
+        for name, plugin in plugins.items():
+            bp = f"{p}.network.binding.{name}"
+            plugin = _object(plugin, bp) or {}
+            overhead = _object(plugin.get("computeResourceOverhead"), f"{bp}.computeResourceOverhead")
+            requests = (
+                None
+                if overhead is None
+                else _object(overhead.get("requests"), f"{bp}.computeResourceOverhead.requests")
+            )
+            if requests is None:
+                bindings[name] = None
+            else:
+                # A missing key reads as Go's zero Quantity{} from the map.
+                bindings[name] = read_quantity(
+                    requests.get("memory"), f"{bp}.computeResourceOverhead.requests.memory"
+                )
+        return bindings
+
+
+_MEMO_SIZE: Final = 4096
+_NO_CLUSTER: Final = _Cluster(None)
+_NO_NODE: Final = NodeFacts()
+
+
+@lru_cache(maxsize=256)
+def _decide(
+    requested: str, gates: frozenset[str], configured: str | None, node: NodeFacts
+) -> tuple[HypervisorDecision, dict[str, str | None]]:
+    """The hypervisor decision and its JSON form; a pure function of hashable facts, so memoised."""
+    decision = select(requested, gates, configured, node)
+    return decision, decision.to_json()
+
+
+class OverheadService:
+    """Computes overhead answers from a :class:`TableRegistry`.
+
+    A request that names no table gets the *active* table for its hypervisor and architecture
+    (:meth:`set_active`; an ``arch`` of ``"*"`` covers every architecture), else ``default_table``.
+    """
+
+    MAX_BATCH: Final = 10_000
+
+    def __init__(
+        self,
+        tables: TableRegistry,
+        *,
+        default_arch: str = "amd64",
+        default_table: str = "kubevirt-v1.9.0",
+        memo: bool = True,
+    ) -> None:
+        tables.get(default_table)  # fail at start-up, not on the first request
+        self.tables = tables
+        self.default_arch = default_arch
+        self.default_table = default_table
+        self._active: dict[tuple[str, str], str] = {}
+        self._generation = 0  # part of every memo key: answers never outlive an activation
+        self._models: dict[tuple[str, str, str], tuple[Model, dict[str, Any]]] = {}
+        # Answers by everything they depend on: virt-controller asks about the same few VMI shapes
+        # (templates, instance types) again and again.  Bounded; emptied when full.
+        self._memo: dict[bytes, dict[str, Any]] = {}
+        self._memo_enabled = memo
+
+    def compute(self, body: Any) -> dict[str, Any]:
+        """Answer one overhead request (see the module docstring); raises :class:`InputError`."""
+        if type(body) is not dict:
+            raise InputError("", "the request must be a JSON object")
+        for key in body:
+            if key not in _FIELDS:
+                raise InputError(key, f"unknown field; allowed: {', '.join(sorted(_FIELDS))}")
+        vmi = body.get("vmi")
+        if vmi is None:
+            raise InputError("vmi", "is required: a VirtualMachineInstance as Kubernetes JSON")
+        memo = self._memo_key(body, vmi) if self._memo_enabled else None
+        if memo is not None:
+            found = self._memo.get(memo)
+            if found is not None:
+                return dict(found)
+        answer = self._compute(body, vmi)
+        if memo is not None:
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[memo] = answer
+        return dict(answer)
+
+    def _memo_key(self, body: dict[str, Any], vmi: Any) -> bytes | None:
+        key = memo_key(body, vmi)
+        if key is None:
+            return None
+        try:
+            return orjson.dumps((self._generation, key))
+        except TypeError:  # exact-decoded numbers, >64-bit integers, lone surrogates: no memo
+            return None
+
+    def forget(self) -> None:
+        """Drop remembered answers."""
+        self._memo.clear()
+
+    def set_active(self, active: Mapping[tuple[str, str], str]) -> None:
+        """Make ``active`` ((hypervisor, arch) -> table id) the tables requests get by default."""
+        for table_id in active.values():
+            self.tables.get(table_id)  # an unknown id is an error here, not on a request
+        self._active = dict(active)
+        self._generation += 1
+        self._memo.clear()
+
+    @property
+    def active(self) -> dict[tuple[str, str], str]:
+        return dict(self._active)
+
+    def table_for(self, hypervisor: str, arch: str) -> str:
+        """The table a request for ``hypervisor`` on ``arch`` gets when it names none."""
+        active = self._active
+        return active.get((hypervisor, arch)) or active.get((hypervisor, "*")) or self.default_table
+
+    def _compute(self, body: dict[str, Any], vmi: Any) -> dict[str, Any]:
+        features = extract_features(vmi)
+
+        config_body = body.get("kubevirtConfiguration")
+        cluster = (
+            _NO_CLUSTER if config_body is None else _Cluster(_object(config_body, "kubevirtConfiguration"))
+        )
+        node_body = body.get("node")
+        if node_body is None and not cluster.use_emulation:
+            node = _NO_NODE
+        else:
+            node_body = _object(node_body, "node") or {}
+            node = NodeFacts(
+                mshv_available=_optional_bool(node_body, "mshvAvailable", "node.mshvAvailable"),
+                kvm_available=_optional_bool(node_body, "kvmAvailable", "node.kvmAvailable"),
+                emulation_allowed=bool(_optional_bool(node_body, "emulationAllowed", "node.emulationAllowed"))
+                or cluster.use_emulation,
+            )
+        requested = _optional_string(body, "hypervisor", "hypervisor", 32)
+        if requested is None:
+            requested = "auto"
+        if requested not in _HYPERVISORS:
+            raise InputError("hypervisor", "must be one of auto, kvm, mshv, hyperv-direct")
+        decision = _decide(_HYPERVISORS[requested], cluster.gates, cluster.configured, node)
+
+        cpu_arch = _optional_string(body, "cpuArch", "cpuArch", _MAX_ARCH)
+        if config_body is not None:
+            # virt-controller's CalculateMemoryOverhead: the VMI's architecture beats the cluster's.
+            arch = features.architecture or cpu_arch or self.default_arch
+        else:
+            arch = cpu_arch if cpu_arch is not None else features.architecture or self.default_arch
+
+        table_id = _optional_string(body, "table", "table", 200)
+        if table_id is None:
+            table_id = self.table_for(decision[0].name, arch)
+        model, table_json = self._model(table_id, decision[0].name, arch)
+        result = evaluate(model, features, arch, cluster.ratio, cluster.bindings)
+        return {
+            "overhead": result.overhead.to_json(),
+            "nodeOverhead": result.node_overhead.to_json(),
+            "hypervisor": decision[1],
+            "table": table_json,
+            "cpuArch": arch,
+            "components": result.components,
+            "nodeComponents": result.node_components,
+        }
+
+    def _model(self, table_id: str, hypervisor: str, arch: str) -> tuple[Model, dict[str, Any]]:
+        """The model to evaluate and the answer's ``table`` entry, remembered per combination."""
+        key = (table_id, hypervisor, arch)
+        found = self._models.get(key)
+        if found is None:
+            table = self.tables.get(table_id)
+            model = table.model_for(hypervisor, arch)
+            if model is None:
+                raise NotInTable("table", f"table {table.id!r} has no model for {hypervisor} on {arch!r}")
+            found = (model, {"id": table.id, "provisional": model.provisional})
+            if len(self._models) < 1024:  # arch strings come from callers: keep the memo bounded
+                self._models[key] = found
+        return found
+
+    def compute_batch(self, items: Any) -> list[dict[str, Any]]:
+        """Answer each item in order; a bad item gets a problem document, the rest still answer."""
+        if type(items) is not list:
+            raise InputError("items", "must be an array of overhead requests")
+        if len(items) > self.MAX_BATCH:
+            raise InputError("items", f"at most {self.MAX_BATCH} items per batch, got {len(items)}")
+        answers: list[dict[str, Any]] = []
+        for index, item in enumerate(items):
+            try:
+                answers.append(self.compute(item))
+            except InexactNumber:
+                raise  # the caller decodes the whole batch again, exactly
+            except InputError as err:
+                answers.append(problem(err.at(f"items[{index}]"), status=422))
+        return answers

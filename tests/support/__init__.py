@@ -1,0 +1,59 @@
+"""Shared by the tests: where things are, and which 422 problems a schema cannot foresee.
+
+The tokens, the gunicorn runner, the throwaway PostgreSQL and the synthetic records are shared
+with the benchmarks and live in :mod:`benchmarks.harness`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from overhead_service.errors import PROBLEM_BASE
+
+__all__ = [
+    "DATA",
+    "ROOT",
+    "SEMANTIC_PROBLEMS",
+    "SEMANTIC_RECORD_MESSAGES",
+    "semantic_problem",
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+"""The checkout."""
+DATA = ROOT / "tests" / "data"
+"""Test data: KubeVirt's golden vectors, recorded cluster answers."""
+
+# --- schemathesis (tests/test_openapi.py in-process, tests/test_openapi_live.py against gunicorn) --
+
+# Valid by the schema but refused by rules a schema cannot state: the table must exist, the ratio
+# must be a finite number Go parses, and the overhead must fit in 64-bit bytes. Measurement records
+# must be consistent (overheadBytes = rawBytes - guestTouchedBytes, touched <= guest RAM + 64 MiB,
+# the accelerator runs the hypervisor) and measured at a plausible time.
+# 422s a schema cannot foresee: which table ids exist, which ratio strings Go parses, whether the
+# selected measurements suffice for a fit.
+SEMANTIC_PROBLEMS = {
+    PROBLEM_BASE + "unknown-table",
+    PROBLEM_BASE + "invalid-ratio",
+    PROBLEM_BASE + "not-enough-data",
+    PROBLEM_BASE + "not-in-table",
+}
+SEMANTIC_RECORD_MESSAGES = (
+    "must equal rawBytes - guestTouchedBytes",
+    "must be at most vm.guestMemoryBytes + 64 MiB",
+    "does not run hypervisor",
+    "is in the future",
+    "is before 2000-01-01",
+)
+
+
+def semantic_problem(problem: dict[str, Any]) -> bool:
+    """Whether a 422 problem document rejects schema-valid input for one of the reasons above."""
+    if problem["type"] == PROBLEM_BASE + "invalid-records":
+        return all(
+            any(message in error["message"] for message in SEMANTIC_RECORD_MESSAGES)
+            for error in problem["errors"]
+        )
+    return problem["type"] in SEMANTIC_PROBLEMS or all(
+        "overflow 64-bit" in error["message"] for error in problem["errors"]
+    )
