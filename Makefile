@@ -33,7 +33,8 @@ endef
 help:
 	@echo "make serve   run overhead-service on $(BIND) (SQLite under var/)"
 	@echo "make test    install test dependencies, then ruff, mypy and pytest"
-	@echo "make lint    ruff check, ruff format --check, mypy"
+	@echo "make lint    ruff check, ruff format --check, mypy, lint-imports (no system packages)"
+	@echo "make test-fast  the tests that need no PostgreSQL, gunicorn or QEMU"
 	@echo "make bench   run python -m benchmarks.bench_overhead"
 	@echo "make bench-ingest  run python -m benchmarks.bench_ingest (SQLite and a throwaway PostgreSQL)"
 	@echo "make bench-load    run python -m benchmarks.bench_load (/v1/overhead vs /healthz at 1..64 connections)"
@@ -75,13 +76,20 @@ bench-deps:
 serve: install
 	$(BIN)/overhead-service serve --bind $(BIND)
 
-lint: install-test
+# Lint needs only the Python tools, no system packages.
+lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
-test: lint
+test: lint system-deps
 	$(BIN)/pytest
+
+# The inner loop: everything but the tests that start PostgreSQL, gunicorn or QEMU (see pytest markers).
+.PHONY: test-fast
+test-fast: $(VENV)/.installed-test
+	$(BIN)/pytest -q -m "not postgresql and not gunicorn and not qemu"
 
 bench: install bench-deps
 	$(BIN)/python -m benchmarks.bench_overhead

@@ -12,11 +12,10 @@ import os
 import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import IO, Any, NoReturn, cast
+from typing import IO, Any, NoReturn
 
 import click
 import yaml
-from flask import Flask
 from sqlalchemy import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -25,15 +24,13 @@ from overhead_service import jsonio, multiproc
 from overhead_service.calibration.fitting import SampleArrays
 from overhead_service.calibration.records import parse_timestamp, validate_record
 from overhead_service.calibration.report import UPSTREAM_TABLE, default_target, render_report
-from overhead_service.errors import InputError, UnknownTable, problem
-from overhead_service.extensions import REGISTRY, SERVICE, get_store
+from overhead_service.calibration.selection import describe_selection
+from overhead_service.errors import InputError, UnknownTable, http_status, problem
 from overhead_service.model.render import render as render_resources
 from overhead_service.model.service import OverheadService
 from overhead_service.model.tables import TableRegistry
 from overhead_service.store import Store
-from overhead_service.web.errors import status_of
-from overhead_service.web.reports import describe_selection
-from overhead_service.web.tables import table_listing
+from overhead_service.sync import TableSync
 
 __all__ = ["gunicorn_argv", "load_document", "main", "read_records", "request_body"]
 
@@ -94,21 +91,25 @@ def request_body(
     return body
 
 
-def _app() -> Flask:
-    """The web application's objects, for the same answers: settings (``OVERHEAD_*``), stored
-    tables and the active ones (read once; a database that cannot be reached leaves the built-in
-    tables and the default)."""
-    from overhead_service.app import create_app  # the CLI's other commands need no Flask app
-
-    return create_app({"SYNC_SECONDS": 0})
-
-
 def _service() -> OverheadService:
-    return cast(OverheadService, _app().extensions[SERVICE])
+    """The service as the API's workers have it: settings (``OVERHEAD_*``), the stored tables and
+    the active ones, read once (a database that cannot be reached leaves the built-in tables and
+    the default)."""
+    config = settings.resolve()
+    registry = TableRegistry.builtin()
+    service = OverheadService(
+        registry, default_arch=config["DEFAULT_ARCH"], default_table=config["DEFAULT_TABLE"]
+    )
+    store = Store(config["DATABASE_URL"])
+    try:
+        TableSync(store, registry, service, interval=0).refresh(force=True)
+    finally:
+        store.dispose()
+    return service
 
 
 def _fail(error: InputError) -> NoReturn:
-    click.echo(jsonio.dumps(problem(error, status=status_of(error))), err=True)
+    click.echo(jsonio.dumps(problem(error, status=http_status(error))), err=True)
     sys.exit(EXIT_BAD_INPUT)
 
 
@@ -157,8 +158,7 @@ def render(file: IO[bytes]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print what GET /v1/tables answers.")
 def tables(as_json: bool) -> None:
     """List the calibration tables."""
-    app = _app()
-    listing = table_listing(app)
+    listing = _service().listing()
     if as_json:
         click.echo(jsonio.dumps(listing))
         return
@@ -230,8 +230,8 @@ def report(
     upstream table do on measurements from the database (OVERHEAD_DATABASE_URL) or --records."""
     if records_file is not None and (runs or since or until):
         raise click.UsageError("--records cannot be combined with --runs, --since or --until")
-    app = _app()
-    registry = cast(TableRegistry, app.extensions[REGISTRY])
+    service = _service()
+    registry = service.tables
     try:
         document = registry.document(table_id)
         try:
@@ -257,12 +257,13 @@ def report(
             selector["run_ids"] = list(runs) or None
             selector["since"] = parse_timestamp(since, "since") if since is not None else None
             selector["until"] = parse_timestamp(until, "until") if until is not None else None
-            store = get_store(app)
+            database_url = settings.resolve()["DATABASE_URL"]
+            store = Store(database_url)
             try:
                 columns = store.measurement_columns(**selector)
                 facts = store.host_facts(**selector)
             except SQLAlchemyError as exc:
-                shown = make_url(app.config["DATABASE_URL"]).render_as_string(hide_password=True)
+                shown = make_url(database_url).render_as_string(hide_password=True)
                 click.echo(f"report: cannot read measurements from {shown}: {exc}", err=True)
                 sys.exit(1)
             finally:

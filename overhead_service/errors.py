@@ -8,6 +8,7 @@
     │   ├── InvalidRatio                  a ratio Go's ParseFloat rejects, not finite, or overflowing
     │   ├── InexactNumber                 a quantity arrived as a float: decode again exactly
     │   ├── UnknownTable (LookupError)    a table id that does not exist                      -> 404 / 422
+    │   │   └── TableNotFound             ... named in the URL                                -> 404
     │   ├── InvalidRecords                measurement records refused: every bad one, by index
     │   ├── NotEnoughData                 too few measurements for a fit or an evaluation
     │   ├── NotInTable                    the table has no model (or no components) for that
@@ -40,7 +41,9 @@ __all__ = [
     "OverheadServiceError",
     "TableExists",
     "TableFormatError",
+    "TableNotFound",
     "UnknownTable",
+    "http_status",
     "problem",
 ]
 
@@ -103,6 +106,10 @@ class UnknownTable(InputError, LookupError):
     status = 404
     kind = "unknown-table"
     title = "Unknown table"
+
+
+class TableNotFound(UnknownTable):
+    """The table named in the URL (``/v1/tables/{id}``) does not exist: 404 whatever its path."""
 
 
 class NotEnoughData(InputError):
@@ -191,3 +198,11 @@ def problem(error: InputError, *, status: int | None = None) -> dict[str, Any]:
         "detail": str(error),
         "errors": error.problems(),
     }
+
+
+def http_status(error: InputError) -> int:
+    """The HTTP status of ``error``: its own, except that an unknown table named by a field of the
+    request (the error has a path) is bad input (422); only a table named in the URL is 404."""
+    if isinstance(error, UnknownTable) and error.path and not isinstance(error, TableNotFound):
+        return 422
+    return error.status

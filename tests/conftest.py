@@ -131,3 +131,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 def vmi() -> dict[str, Any]:
     """A fresh copy of a typical VMI (2 cores, 1Gi requested) to modify freely."""
     return copy.deepcopy(_VMI)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that need the throwaway PostgreSQL (``-m "not postgresql"`` leaves them out)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and callspec.params.get("database_url") == "postgresql"
+        if on_postgres or "postgres" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgresql)

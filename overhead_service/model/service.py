@@ -231,6 +231,21 @@ class OverheadService:
     def active(self) -> dict[tuple[str, str], str]:
         return dict(self._active)
 
+    def active_entries(self) -> list[dict[str, str]]:
+        """The active choice as the API shows it: ``[{"hypervisor", "arch", "table"}, ...]``, sorted."""
+        return [
+            {"hypervisor": hv, "arch": arch, "table": table}
+            for (hv, arch), table in sorted(self._active.items())
+        ]
+
+    def listing(self) -> dict[str, Any]:
+        """What ``GET /v1/tables`` answers (and ``overhead-service tables --json`` prints)."""
+        return {
+            "default": self.default_table,
+            "active": self.active_entries(),
+            "tables": self.tables.summaries(),
+        }
+
     def table_for(self, hypervisor: str, arch: str) -> str:
         """The table a request for ``hypervisor`` on ``arch`` gets when it names none."""
         active = self._active

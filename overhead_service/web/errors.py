@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntit
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from overhead_service import jsonio
-from overhead_service.errors import InputError, UnknownTable, problem
+from overhead_service.errors import InputError, http_status, problem
 
 __all__ = [
     "PROBLEM_JSON",
@@ -61,21 +61,14 @@ class PayloadTooLarge(InputError):
     title = "Payload too large"
 
 
-def status_of(error: InputError) -> int:
-    """The HTTP status for ``error`` raised while answering a request with a body."""
-    if isinstance(error, UnknownTable) and error.path:
-        return 422
-    return error.status
-
-
 def http_problem(status: int, title: str, detail: str) -> dict[str, Any]:
     """A problem document for an HTTP-level error that has no input path."""
     return {"type": "about:blank", "title": title, "status": status, "detail": detail}
 
 
 def problem_response(error: InputError, status: int | None = None) -> Response:
-    """The problem response for ``error`` (status: ``status``, else :func:`status_of`)."""
-    status = status_of(error) if status is None else status
+    """The problem response for ``error`` (status: ``status``, else its own, :func:`http_status`)."""
+    status = http_status(error) if status is None else status
     body = jsonio.dumps(problem(error, status=status))
     return current_app.response_class(body, status=status, mimetype=PROBLEM_JSON)
 

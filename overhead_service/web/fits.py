@@ -18,9 +18,9 @@ from overhead_service.calibration import fitting
 from overhead_service.errors import InputError
 from overhead_service.extensions import get_store, get_sync
 from overhead_service.web.auth import require_role
-from overhead_service.web.common import json_response, read_json, registry
+from overhead_service.web.common import json_response, registry
 from overhead_service.web.metrics import FIT_SECONDS, FITS
-from overhead_service.web.selectors import measurement_selector
+from overhead_service.web.parsing import json_object, measurement_selector, read_json
 
 __all__ = ["bp"]
 
@@ -44,12 +44,7 @@ def create_fit() -> Response:
 
 def _create_fit(actor: str) -> Response:
     started = time.perf_counter()
-    body = read_json()
-    if type(body) is not dict:
-        raise InputError("", "the request must be a JSON object")
-    for key in body:
-        if key not in _FIELDS:
-            raise InputError(key, f"unknown field; allowed: {', '.join(sorted(_FIELDS))}")
+    body = json_object(read_json(), _FIELDS)
     selector = measurement_selector(body)
     parent_id = body.get("parent") or current_app.config["DEFAULT_TABLE"]
     if type(parent_id) is not str:

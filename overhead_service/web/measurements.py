@@ -20,16 +20,16 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 
-from overhead_service.calibration.records import HYPERVISORS, SCOPES, parse_timestamp, validate_batch
+from overhead_service.calibration.records import HYPERVISORS, SCOPES, validate_batch
 from overhead_service.errors import InputError, InvalidRecords
 from overhead_service.extensions import get_store
 from overhead_service.web.auth import require_role
-from overhead_service.web.common import json_response, read_json
+from overhead_service.web.common import json_response
 from overhead_service.web.metrics import MEASUREMENTS
 from overhead_service.web.overhead import gc_paused
-from overhead_service.web.selectors import query_choice, query_text
+from overhead_service.web.parsing import json_object, query_args, read_json
 
 __all__ = ["bp"]
 
@@ -47,12 +47,7 @@ def ingest() -> Response:
     """Store a batch of measurement records: all of them, or none if any is invalid."""
     actor = require_role("ingest")
     with gc_paused():  # a big batch decodes into many containers, none of them cyclic
-        body = read_json()
-        if type(body) is not dict:
-            raise InputError("", "the request must be a JSON object with a 'records' array")
-        unknown = body.keys() - _BODY_FIELDS
-        if unknown:
-            raise InputError(sorted(unknown)[0], "unknown field; allowed: records")
+        body = json_object(read_json(), _BODY_FIELDS, what="a JSON object with a 'records' array")
         if "records" not in body:
             raise InputError("records", "is required")
         try:
@@ -81,33 +76,16 @@ def list_measurements() -> Response:
 
 
 def _query() -> dict[str, Any]:
-    args = request.args
-    for name in args:
-        if name not in _QUERY:
-            raise InputError(name, f"unknown query parameter; allowed: {', '.join(_QUERY)}")
-        if name != "runId" and len(args.getlist(name)) > 1:
-            raise InputError(name, "may be given once")
-    query: dict[str, Any] = {}
-    if "hypervisor" in args:
-        query["hypervisor"] = query_choice("hypervisor", args["hypervisor"], HYPERVISORS)
-    if "arch" in args:
-        query["arch"] = query_text("arch", args["arch"], 64)
-    if "scope" in args:
-        query["scope"] = query_choice("scope", args["scope"], SCOPES)
-    if "runId" in args:
-        run_ids = [query_text("runId", value, 200) for value in args.getlist("runId")]
-        if len(run_ids) > MAX_RUN_IDS:
-            raise InputError("runId", f"at most {MAX_RUN_IDS} run ids")
-        query["run_ids"] = run_ids
-    for name in ("since", "until"):
-        if name in args:
-            query[name] = parse_timestamp(args[name], name)
-    query["limit"] = DEFAULT_LIMIT
-    if "limit" in args:
-        text = args["limit"]
-        if not (text.isascii() and text.isdigit() and len(text) <= 4 and 1 <= int(text) <= MAX_LIMIT):
-            raise InputError("limit", f"must be an integer between 1 and {MAX_LIMIT}")
-        query["limit"] = int(text)
-    if "cursor" in args:
-        query["cursor"] = args["cursor"]  # the store decodes it, and names "cursor" if it cannot
+    args = query_args(_QUERY, repeatable=("runId",))
+    query: dict[str, Any] = {
+        "hypervisor": args.choice("hypervisor", HYPERVISORS),
+        "arch": args.text("arch", 64),
+        "scope": args.choice("scope", SCOPES),
+        "run_ids": args.texts("runId", 200, MAX_RUN_IDS),
+        "since": args.time("since"),
+        "until": args.time("until"),
+        "cursor": args.raw("cursor"),  # the store decodes it, and names "cursor" if it cannot
+    }
+    query = {name: value for name, value in query.items() if value is not None}
+    query["limit"] = args.integer("limit", 1, MAX_LIMIT, DEFAULT_LIMIT)
     return query

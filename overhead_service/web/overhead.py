@@ -14,9 +14,9 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from overhead_service.errors import InputError
-from overhead_service.web.common import answer_json, json_response, service
+from overhead_service.web.common import json_response, service
 from overhead_service.web.observe import observe_answer, observe_batch
+from overhead_service.web.parsing import answer_json, json_object
 
 __all__ = ["bp"]
 
@@ -61,9 +61,5 @@ def gc_paused() -> Iterator[None]:
 
 
 def _batch(body: Any) -> list[dict[str, Any]]:
-    if type(body) is not dict:
-        raise InputError("", "the request must be a JSON object with an 'items' array")
-    unknown = body.keys() - _BATCH_FIELDS
-    if unknown:
-        raise InputError(sorted(unknown)[0], "unknown field; allowed: items")
+    body = json_object(body, _BATCH_FIELDS, what="a JSON object with an 'items' array")
     return service().compute_batch(body.get("items"))

@@ -11,8 +11,9 @@ from typing import Any
 from flask import Blueprint, Response
 
 from overhead_service.model.render import render
-from overhead_service.web.common import answer_json, json_response, service
+from overhead_service.web.common import json_response, service
 from overhead_service.web.observe import observe_answer
+from overhead_service.web.parsing import answer_json
 
 __all__ = ["bp"]
 

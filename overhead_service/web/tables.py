@@ -9,68 +9,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app
+from flask import Blueprint, Response, current_app
 
 from overhead_service.calibration import activation as calibration
 from overhead_service.calibration import fitting
 from overhead_service.calibration.records import validate_batch
-from overhead_service.errors import Conflict, InputError, UnknownTable
+from overhead_service.errors import Conflict, InputError
 from overhead_service.extensions import get_store, get_sync
 from overhead_service.web.auth import require_role
-from overhead_service.web.common import json_response, read_json, registry, service
-from overhead_service.web.errors import problem_response
-from overhead_service.web.selectors import measurement_selector
+from overhead_service.web.common import json_response, registry, service
+from overhead_service.web.parsing import json_object, measurement_selector, read_json, table_document
 
-__all__ = ["bp", "table_listing"]
+__all__ = ["bp"]
 
 bp = Blueprint("tables", __name__, url_prefix="/v1/tables")
-
-
-def _active_list() -> list[dict[str, str]]:
-    active = service().active
-    return [{"hypervisor": hv, "arch": arch, "table": table} for (hv, arch), table in sorted(active.items())]
-
-
-def table_listing(app: Flask) -> dict[str, Any]:
-    """What ``GET /v1/tables`` answers (the CLI prints the same)."""
-    with app.app_context():
-        return {
-            "default": app.config["DEFAULT_TABLE"],
-            "active": _active_list(),
-            "tables": registry().summaries(),
-        }
 
 
 @bp.get("")
 def list_tables() -> Response:
     """A summary of every table, the active ones, and the one requests use when nothing is active."""
-    return json_response(table_listing(current_app._get_current_object()))  # type: ignore[attr-defined]
+    return json_response(service().listing())
 
 
 @bp.get("/<table_id>")
 def get_table(table_id: str) -> Response:
     """One table in full, provenance (and fit report, for a fitted table) included."""
-    try:
-        return json_response(registry().document(table_id))
-    except UnknownTable as err:
-        return problem_response(err, 404)
-
-
-def _table_or_404(table_id: str) -> dict[str, Any] | Response:
-    try:
-        return registry().document(table_id)
-    except UnknownTable as err:
-        return problem_response(err, 404)
-
-
-def _object_body(allowed: frozenset[str]) -> dict[str, Any]:
-    body = read_json()
-    if type(body) is not dict:
-        raise InputError("", "the request must be a JSON object")
-    for key in body:
-        if key not in allowed:
-            raise InputError(key, f"unknown field; allowed: {', '.join(sorted(allowed))}")
-    return body
+    return json_response(table_document(table_id))
 
 
 _EVALUATE_FIELDS = frozenset({"hypervisor", "arch", "scope", "runs", "since", "until", "measurements"})
@@ -83,10 +47,8 @@ def evaluate(table_id: str) -> Response:
     Coverage, the under-provisioned samples and the over-provisioning quantiles: how an operator
     sees drift after a QEMU or kernel upgrade.
     """
-    document = _table_or_404(table_id)
-    if isinstance(document, Response):
-        return document
-    body = _object_body(_EVALUATE_FIELDS)
+    document = table_document(table_id)
+    body = json_object(read_json(), _EVALUATE_FIELDS)
     selector = measurement_selector(body)
     if body.get("measurements") is not None:
         records = validate_batch(body["measurements"], path="measurements")
@@ -128,10 +90,8 @@ def _reason(body: dict[str, Any]) -> str | None:
 def activate(table_id: str) -> Response:
     """Make the table the one requests for (hypervisor, arch) get when they name none."""
     actor = require_role("admin")
-    document = _table_or_404(table_id)
-    if isinstance(document, Response):
-        return document
-    body = _object_body(_ACTIVATE_FIELDS)
+    document = table_document(table_id)
+    body = json_object(read_json(), _ACTIVATE_FIELDS)
     hypervisor, arch = _target(body)
     force = body.get("force", False)
     if type(force) is not bool:
@@ -149,7 +109,7 @@ def activate(table_id: str) -> Response:
     )
     record = get_store().activate(hypervisor, arch, table_id, actor=actor, reason=reason, forced=force)
     get_sync(current_app).refresh()
-    return json_response({"activation": record, "fit": facts, "active": _active_list()})
+    return json_response({"activation": record, "fit": facts, "active": service().active_entries()})
 
 
 _ROLLBACK_FIELDS = frozenset({"hypervisor", "arch", "reason"})
@@ -159,7 +119,7 @@ _ROLLBACK_FIELDS = frozenset({"hypervisor", "arch", "reason"})
 def rollback(table_id: str) -> Response:
     """Put back the table that was active for (hypervisor, arch) before this one."""
     actor = require_role("admin")
-    body = _object_body(_ROLLBACK_FIELDS)
+    body = json_object(read_json(), _ROLLBACK_FIELDS)
     hypervisor, arch = _target(body)
     reason = _reason(body)
     store = get_store()
@@ -171,4 +131,4 @@ def rollback(table_id: str) -> Response:
         )
     record = store.rollback(hypervisor, arch, actor=actor, reason=reason)
     get_sync(current_app).refresh()
-    return json_response({"activation": record, "active": _active_list()})
+    return json_response({"activation": record, "active": service().active_entries()})

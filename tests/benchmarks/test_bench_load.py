@@ -22,6 +22,8 @@ import pytest
 from benchmarks.bench_load import http_request, python_load
 from tests.support import ROOT
 
+pytestmark = pytest.mark.gunicorn
+
 BENCH = [sys.executable, "-m", "benchmarks.bench_load"]
 
 

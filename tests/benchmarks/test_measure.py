@@ -419,6 +419,7 @@ def test_upload_gives_up_on_connection_errors(sleeps: list[float]) -> None:
 
 _HOG = """
 import fcntl, os, sys, time
+
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
 hold, total = float(sys.argv[2]), float(sys.argv[3])
 print("ready", flush=True)
@@ -498,6 +499,8 @@ def _cli(*args: str) -> tuple[int, dict[str, Any], str]:
     return done.returncode, summary, done.stderr
 
 
+@pytest.mark.qemu
+@pytest.mark.gunicorn
 def test_smoke_measurement_uploaded_exactly_once(server: GunicornServer, tmp_path: Path) -> None:
     guest = build_guest(tmp_path / "cache")
     assert guest.is_file() and guest.read_bytes()[:4] == b"\x7fELF" and guest.read_bytes()[4] == 1  # 32-bit

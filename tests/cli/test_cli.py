@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from flask.testing import FlaskClient, FlaskCliRunner
-from gunicorn.config import Config
+from gunicorn.config import Config  # type: ignore[import-untyped]
 
 from overhead_service import cli, gunicorn_conf
 
@@ -245,6 +245,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.gunicorn
 def test_serve_runs_gunicorn(tmp_path: Path, vmi: dict[str, Any]) -> None:
     """``overhead-service serve`` for real: one worker on loopback, a probe, a request, SIGTERM."""
     port = _free_port()

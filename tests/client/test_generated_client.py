@@ -24,6 +24,8 @@ from overhead_service.model.service import OverheadService
 from overhead_service.model.tables import TableRegistry
 from tests.support import ROOT
 
+pytestmark = pytest.mark.gunicorn
+
 BIN = Path(sys.executable).parent
 PACKAGE = "generated_overhead_client"
 

@@ -9,11 +9,14 @@ import time
 from typing import Any
 
 import orjson
+import pytest
 
 from benchmarks.harness.records import sample
 from benchmarks.harness.server import GunicornServer, UploadReport, upload_batches
 from benchmarks.harness.tokens import INGEST_TOKEN, TOKENS
 from overhead_service.store import Store
+
+pytestmark = pytest.mark.gunicorn
 
 CLIENTS = 8
 BATCHES_PER_CLIENT = 20

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 from flask import Flask
@@ -74,7 +74,7 @@ def _deployment(docs: list[Doc]) -> Doc:
 
 def _container(docs: list[Doc]) -> Doc:
     (container,) = _deployment(docs)["spec"]["template"]["spec"]["containers"]
-    return container
+    return dict(container)
 
 
 def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:

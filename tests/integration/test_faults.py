@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import requests
 from sqlalchemy import func, select
 
@@ -28,6 +29,8 @@ from benchmarks.harness.records import sample
 from benchmarks.harness.server import GunicornServer
 from benchmarks.harness.tokens import INGEST_TOKEN, TOKENS
 from overhead_service.store import Store, metadata
+
+pytestmark = pytest.mark.gunicorn
 
 CLIENTS = 4
 BATCH_SIZE = 250

@@ -34,6 +34,8 @@ from overhead_service import cli
 from tests.support import ROOT
 from tests.support.container import Stage, dockerignore_excludes, gunicorn_settings, read_ignore, stages
 
+pytestmark = pytest.mark.gunicorn
+
 DOCKERFILE = ROOT / "Dockerfile"
 BENCHMARK_CONTAINERFILE = ROOT / "deploy" / "benchmark" / "Containerfile"
 VENV = "/opt/overhead-service"  # where the build stage puts the virtual environment

@@ -25,6 +25,8 @@ from benchmarks.harness.server import GunicornServer
 from benchmarks.harness.tokens import TOKENS
 from overhead_service import cli, multiproc
 
+pytestmark = pytest.mark.gunicorn
+
 VMI = {"spec": {"domain": {"cpu": {"cores": 2}, "resources": {"requests": {"memory": "1Gi"}}}}}
 FALLBACK = {
     "vmi": VMI,
@@ -168,7 +170,7 @@ def test_totals_are_exact_on_every_worker_and_survive_a_killed_worker(
     workers = children(gunicorn.pid)
     assert len(workers) == 2
 
-    bodies = [(f"ok-{i}", {"vmi": VMI}) for i in range(20)]
+    bodies: list[tuple[str, dict[str, Any]]] = [(f"ok-{i}", {"vmi": VMI}) for i in range(20)]
     bodies += [(f"fallback-{i}", FALLBACK) for i in range(7)]
     bodies += [(f"bad-{i}", BAD) for i in range(5)]
     statuses = _spread(client, bodies, workers)
@@ -251,7 +253,7 @@ def test_serve_exports_a_private_directory_before_gunicorn_starts(monkeypatch: p
     def execv(path: str, argv: list[str]) -> None:
         started.append((path, argv, os.environ.get(multiproc.ENV)))
 
-    monkeypatch.setattr(cli.os, "execv", execv)
+    monkeypatch.setattr(os, "execv", execv)
     result = CliRunner().invoke(cli.main, ["serve", "--bind", "127.0.0.1:0", "--workers", "2"])
     assert result.exit_code == 0, result.output
     directory = started[0][2]
@@ -268,7 +270,7 @@ def test_serve_keeps_the_operators_directory(monkeypatch: pytest.MonkeyPatch, tm
     mounted = tmp_path / "emptydir"
     monkeypatch.setenv(multiproc.ENV, str(mounted))
     _unset(monkeypatch, multiproc.PRIVATE_ENV)
-    monkeypatch.setattr(cli.os, "execv", lambda path, argv: None)
+    monkeypatch.setattr(os, "execv", lambda path, argv: None)
     assert CliRunner().invoke(cli.main, ["serve"]).exit_code == 0
     assert os.environ[multiproc.ENV] == str(mounted) and mounted.is_dir()
     assert multiproc.PRIVATE_ENV not in os.environ

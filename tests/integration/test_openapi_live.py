@@ -30,6 +30,8 @@ from benchmarks.harness.tokens import ADMIN_TOKEN, TOKENS
 from overhead_service import jsonio
 from tests.support import ROOT, semantic_problem
 
+pytestmark = pytest.mark.gunicorn
+
 SPEC = ROOT / "openapi.yaml"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

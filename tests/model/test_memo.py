@@ -49,7 +49,7 @@ def test_every_field_the_engine_reads_is_part_of_the_key(registry: TableRegistry
     memo = OverheadService(registry)
     base = {"vmi": {"spec": {"domain": {"resources": {"requests": {"memory": "1Gi"}}}}}}
     first = memo.compute(base)["overhead"]["bytes"]
-    changes = [
+    changes: list[tuple[str, str, Any]] = [
         ("spec", "volumes", [{"name": "m", "downwardMetrics": {}}]),
         ("spec", "livenessProbe", {"exec": {"command": ["true"]}}),
         ("domain", "devices", {"autoattachGraphicsDevice": False}),
@@ -70,7 +70,7 @@ def test_every_field_the_engine_reads_is_part_of_the_key(registry: TableRegistry
 
 def test_a_returned_answer_can_be_changed_without_touching_the_memo(registry: TableRegistry) -> None:
     memo = OverheadService(registry)
-    body = {"vmi": {"spec": {}}}
+    body: dict[str, Any] = {"vmi": {"spec": {}}}
     answer = memo.compute(body)
     answer["overhead"] = "tampered"
     answer["table"] = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -308,7 +308,7 @@ def test_measurement_columns_are_the_fit_inputs(store: Store) -> None:
     assert list(columns) == ["id", *FIT_COLUMNS]
     stored = store.select_measurements(hypervisor="kvm", arch="amd64", scope="qemu")
     assert columns["id"].tolist() == [r["id"] for r in stored]
-    by_name = {
+    by_name: dict[str, Callable[[dict[str, Any]], Any]] = {
         "overhead_bytes": lambda r: r["overheadBytes"],
         "vcpus": lambda r: r["vm"]["vcpus"],
         "guest_memory_bytes": lambda r: r["vm"]["guestMemoryBytes"],

@@ -110,9 +110,9 @@ def stages(text: str) -> list[Stage]:
             args[name] = default
         elif instruction.keyword == "FROM":
             words = instruction.arguments.split()
-            base = re.sub(r"\$\{?(\w+)\}?", lambda match: args.get(match.group(1), ""), words[0])
-            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            result.append(Stage(base=base, name=name))
+            base = re.sub(r"\$\{?(\w+)\}?", lambda match: args.get(match.group(1)) or "", words[0])
+            stage = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            result.append(Stage(base=base, name=stage))
         elif result:
             result[-1].instructions.append(instruction)
     return result

@@ -93,7 +93,10 @@ def contract_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
 )
-def test_api_conforms_to_spec(case: schemathesis.Case, contract_app: Flask) -> None:
+def test_api_conforms_to_spec(
+    case: schemathesis.Case,  # type: ignore[type-arg]
+    contract_app: Flask,
+) -> None:
     """Every check (no 5xx, documented statuses, content types and bodies, negative data rejected),
     with positive-data acceptance narrowed as described above. The admin token (every role) is
     sent; the ignored_auth check also probes each secured operation without it and with a wrong one."""

@@ -434,7 +434,8 @@ def test_batches_are_answered_one_at_a_time_per_process(app: Flask, monkeypatch:
         first_inside.set()
         assert release.wait(10)
         events.append("exit")
-        return real(items)
+        answers: list[dict[str, Any]] = real(items)
+        return answers
 
     monkeypatch.setattr(service, "compute_batch", compute_batch)
     statuses: list[int] = []

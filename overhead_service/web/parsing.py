@@ -1,0 +1,253 @@
+"""Reading requests, for every blueprint: JSON bodies, object fields, query parameters, table ids.
+
+Every check raises :class:`~overhead_service.errors.InputError` (or a subclass) with the path of
+what is wrong: ``""`` for the body as a whole, a field name, or a query parameter's name.  The
+error handlers (:mod:`overhead_service.web.errors`) turn it into a problem document.
+
+- Bodies: :func:`read_json` (415 unless declared JSON, 413 when too large, 400 unless JSON),
+  :func:`answer_json` for the hot path (decoded again exactly when a quantity needs it),
+  :func:`json_object` for an object with known fields.
+- Query parameters: :func:`query_args` checks names and repetitions once; :class:`QueryArgs`
+  reads choices, texts, bounded integers and timestamps.
+- Measurement selectors in fit and evaluation bodies: :func:`measurement_selector`.
+- Tables named in the URL: :func:`table_document` (404 when there is none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from datetime import datetime
+from typing import Any, TypeVar, overload
+
+from flask import request
+from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from overhead_service import jsonio
+from overhead_service.calibration.records import HYPERVISORS, SCOPES, parse_timestamp, storable_text
+from overhead_service.errors import InexactNumber, InputError, TableNotFound, UnknownTable
+from overhead_service.extensions import get_registry
+from overhead_service.web.errors import MalformedJSON, UnsupportedMediaType
+
+T = TypeVar("T")
+
+__all__ = [
+    "QueryArgs",
+    "answer_json",
+    "decode_json",
+    "json_object",
+    "measurement_selector",
+    "query_args",
+    "read_body",
+    "read_json",
+    "read_json_bytes",
+    "table_document",
+]
+
+# --- bodies ---------------------------------------------------------------------------------------
+
+
+def read_body() -> bytes:
+    """The raw request body; 413 when it is larger than ``MAX_CONTENT_LENGTH``.
+
+    Reads ``wsgi.input`` directly rather than through ``request.get_data()``: the same limits for
+    less work on the hot path, and a chunked body over the limit is refused (Werkzeug cuts it at
+    the limit silently).
+    """
+    environ = request.environ
+    limit = request.max_content_length
+    length = request.content_length
+    if length is not None:
+        if limit is not None and length > limit:
+            raise RequestEntityTooLarge()
+        raw: bytes = environ["wsgi.input"].read(length)
+        return raw
+    if not environ.get("wsgi.input_terminated"):
+        return b""  # neither a length nor a server that ends the stream: nothing is safe to read
+    raw = environ["wsgi.input"].read(-1 if limit is None else limit + 1)
+    if limit is not None and len(raw) > limit:
+        raise RequestEntityTooLarge()
+    return raw
+
+
+def read_json_bytes() -> bytes:
+    """The raw body of a JSON request; 415 unless it is declared JSON."""
+    content_type = request.environ.get("CONTENT_TYPE", "")
+    # The common spelling without parsing; anything else (parameters, +json types) the full way.
+    if content_type != "application/json" and not request.is_json:
+        declared = request.mimetype or "none"
+        raise UnsupportedMediaType("", f"Content-Type must be application/json, got {declared}")
+    return read_body()
+
+
+def decode_json(raw: bytes, *, exact: bool = False) -> Any:
+    """``raw`` decoded by :func:`jsonio.loads` (or :func:`jsonio.loads_exact`); 400 unless it is JSON."""
+    try:
+        return jsonio.loads_exact(raw) if exact else jsonio.loads(raw)
+    except RecursionError:
+        raise MalformedJSON("", "request body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
+        raise MalformedJSON("", f"request body is not valid JSON: {exc}") from None
+
+
+def read_json() -> Any:
+    """The request body decoded; 415 unless it is declared JSON, 400 unless it is."""
+    return decode_json(read_json_bytes())
+
+
+def answer_json(compute: Callable[[Any], T]) -> T:
+    """``compute`` applied to the decoded body; decoded again exactly when a quantity needs it.
+
+    The fast decoder turns ``1.5e9`` into a float; the service says so with
+    :class:`InexactNumber` and the request is decoded once more keeping every number exact.
+    """
+    raw = read_json_bytes()
+    try:
+        return compute(decode_json(raw))
+    except InexactNumber:
+        return compute(decode_json(raw, exact=True))
+
+
+def json_object(body: Any, allowed: Collection[str], *, what: str = "a JSON object") -> dict[str, Any]:
+    """``body`` if it is an object whose fields are all ``allowed``; else 422 at the first bad one.
+
+    ``what`` completes "the request must be ..." (e.g. "a JSON object with an 'items' array").
+    """
+    if type(body) is not dict:
+        raise InputError("", f"the request must be {what}")
+    for key in body:
+        if key not in allowed:
+            raise InputError(key, f"unknown field; allowed: {', '.join(sorted(allowed))}")
+    return body
+
+
+# --- query parameters -----------------------------------------------------------------------------
+
+
+class QueryArgs:
+    """The request's query parameters, names and repetitions already checked (:func:`query_args`)."""
+
+    __slots__ = ("_args",)
+
+    def __init__(self, args: MultiDict[str, str]) -> None:
+        self._args = args
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._args
+
+    @overload
+    def choice(self, name: str, allowed: tuple[str, ...], default: str) -> str: ...
+    @overload
+    def choice(self, name: str, allowed: tuple[str, ...], default: None = None) -> str | None: ...
+
+    def choice(self, name: str, allowed: tuple[str, ...], default: str | None = None) -> str | None:
+        """A parameter that must be one of ``allowed``."""
+        value = self._args.get(name)
+        if value is None:
+            return default
+        if value not in allowed:
+            raise InputError(name, f"must be one of: {', '.join(allowed)}")
+        return value
+
+    @overload
+    def text(self, name: str, max_length: int, default: str) -> str: ...
+    @overload
+    def text(self, name: str, max_length: int, default: None = None) -> str | None: ...
+
+    def text(self, name: str, max_length: int, default: str | None = None) -> str | None:
+        """A non-empty parameter of at most ``max_length`` characters that the database can store."""
+        value = self._args.get(name)
+        return default if value is None else _text(name, value, max_length)
+
+    def texts(self, name: str, max_length: int, max_count: int) -> list[str] | None:
+        """A repeatable text parameter (each as :meth:`text`), at most ``max_count`` times."""
+        if name not in self._args:
+            return None
+        values = [_text(name, value, max_length) for value in self._args.getlist(name)]
+        if len(values) > max_count:
+            raise InputError(name, f"at most {max_count} run ids")
+        return values
+
+    def integer(self, name: str, low: int, high: int, default: int) -> int:
+        """A decimal integer parameter between ``low`` and ``high``."""
+        value = self._args.get(name)
+        if value is None:
+            return default
+        digits = len(str(high))
+        if not (value.isascii() and value.isdigit() and len(value) <= digits and low <= int(value) <= high):
+            raise InputError(name, f"must be an integer between {low} and {high}")
+        return int(value)
+
+    def time(self, name: str) -> datetime | None:
+        """An RFC 3339 timestamp with a time zone (:func:`parse_timestamp`)."""
+        value = self._args.get(name)
+        return None if value is None else parse_timestamp(value, name)
+
+    def raw(self, name: str) -> str | None:
+        """A parameter as given (the caller checks it, e.g. an opaque cursor)."""
+        return self._args.get(name)
+
+
+def query_args(allowed: Collection[str], repeatable: Collection[str] = ()) -> QueryArgs:
+    """The query parameters, after refusing unknown names and repeats of non-repeatable ones."""
+    args = request.args
+    for name in args:
+        if name not in allowed:
+            raise InputError(name, f"unknown query parameter; allowed: {', '.join(allowed)}")
+        if name not in repeatable and len(args.getlist(name)) > 1:
+            raise InputError(name, "may be given once")
+    return QueryArgs(args)
+
+
+def _text(name: str, value: str, max_length: int) -> str:
+    if not value or len(value) > max_length:
+        raise InputError(name, f"must be a non-empty string of at most {max_length} characters")
+    if not storable_text(value):
+        raise InputError(name, "must not contain NUL characters")
+    return value
+
+
+# --- measurement selectors in bodies ---------------------------------------------------------------
+
+
+def measurement_selector(body: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The store's ``select_measurements`` keyword arguments from a request body."""
+    hypervisor = body.get("hypervisor")
+    if hypervisor not in HYPERVISORS:
+        raise InputError(prefix + "hypervisor", "must be kvm or mshv")
+    arch = body.get("arch")
+    if type(arch) is not str or not arch or len(arch) > 64:
+        raise InputError(prefix + "arch", "must be an architecture such as amd64")
+    scope = body.get("scope")
+    if scope not in SCOPES:
+        raise InputError(prefix + "scope", "must be qemu, pod or node")
+    runs = body.get("runs")
+    if runs is not None and (
+        type(runs) is not list or not runs or any(type(r) is not str or not r for r in runs)
+    ):
+        raise InputError(prefix + "runs", "must be a non-empty array of run ids")
+    since = _optional_time(body.get("since"), prefix + "since")
+    until = _optional_time(body.get("until"), prefix + "until")
+    return {
+        "hypervisor": hypervisor,
+        "arch": arch,
+        "scope": scope,
+        "run_ids": runs,
+        "since": since,
+        "until": until,
+    }
+
+
+def _optional_time(value: Any, path: str) -> datetime | None:
+    return None if value is None else parse_timestamp(value, path)
+
+
+# --- tables named in the URL ----------------------------------------------------------------------
+
+
+def table_document(table_id: str) -> dict[str, Any]:
+    """The document of the table named in the URL; 404 (:class:`TableNotFound`) when there is none."""
+    try:
+        return get_registry().document(table_id)
+    except UnknownTable as err:
+        raise TableNotFound(err.path, err.detail) from None
