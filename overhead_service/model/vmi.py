@@ -5,7 +5,7 @@ looked at; everything else in the VMI is ignored.  The fields that are read are 
 Go's JSON decoding would reject them (wrong type, integer out of range, illegal quantity), and the
 error names the JSON path.  ``null`` is accepted wherever Go would decode it (it means "absent").
 
-Upstream quirks kept on purpose (see ``shared/notes/kubevirt-overhead-algorithm.md`` §2):
+Upstream quirks kept on purpose (``GetMemoryOverhead`` in ``pkg/hypervisor/{kvm,mshv}/hypervisorbackend.go``):
 
 * page tables come from ``resources.requests.memory`` only;
 * a present ``domain.cpu`` decides the vCPU count from its topology alone (uint32 product that

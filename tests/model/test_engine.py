@@ -3,7 +3,7 @@
 Expected numbers are worked out by hand from ``GetMemoryOverhead`` and ``MultiplyMemory``
 (``pkg/hypervisor/kvm/hypervisorbackend.go``), ``MemoryCalculator.Calculate``
 (``pkg/network/resources/memory.go``) and ``CalculateMemoryOverhead``, on the ``kubevirt-main``
-table (QEMU 50Mi), as the notes (``shared/notes/kubevirt-overhead-algorithm.md`` §2) describe:
+table (QEMU 50Mi):
 
 * nothing set: 240Mi + 8Mi (1 vCPU) + 8Mi (IOThread) + 32Mi (video) = 288Mi = 301,989,888 (BinarySI);
 * ``requests.memory: 1Gi``: + 2,097,152 page tables = 304,087,040 (DecimalSI);

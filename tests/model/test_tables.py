@@ -119,7 +119,7 @@ def test_builtin_models(registry: TableRegistry, table_id: str, hypervisor: str)
 @pytest.mark.parametrize(
     ("table_id", "none", "one_gi"),
     [
-        # the notes' worked totals: 240Mi+8+8+32 = 288Mi on main, 20Mi less (QEMU 30Mi) in v1.9.0
+        # worked by hand from GetMemoryOverhead: 240Mi+8+8+32 = 288Mi on main, 20Mi less (QEMU 30Mi) in v1.9.0
         ("kubevirt-main", ("288Mi", 301989888), ("304087040", 304087040)),
         ("kubevirt-v1.9.0", ("268Mi", 281018368), ("283115520", 283115520)),
     ],

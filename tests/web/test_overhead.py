@@ -57,7 +57,8 @@ def test_good_request(client: FlaskClient, vmi: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("table", "ratio", "quantity", "bytes_"),
     [
-        # KubeVirt's own numbers for a VMI with only requests.memory: 1Gi on amd64 (notes §2).
+        # KubeVirt's own numbers for a VMI with only requests.memory: 1Gi on amd64 (GetMemoryOverhead,
+        # worked by hand).
         ("kubevirt-v1.9.0", None, "283115520", 283115520),
         ("kubevirt-main", None, "304087040", 304087040),
         ("kubevirt-main", "1.5", "456131040", 456131040),
