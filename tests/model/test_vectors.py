@@ -2,8 +2,9 @@
 
 The vectors (tests/data/vectors) were produced by compiling and running the upstream
 packages (kubevirt/kubevirt v1.9.0, commit 79d34c1762, and main at d923fdb815).  Each case must
-answer exactly the expected bytes and Quantity string, except where upstream silently ignores the ratio (Go's ParseFloat rejects it) or returns
-platform-dependent garbage: those are input errors naming the ratio field.
+answer exactly the expected bytes and Quantity string, except where upstream silently ignores the
+ratio (Go's ParseFloat rejects it) or returns platform-dependent garbage: those are input errors
+naming the ratio field.
 """
 
 from __future__ import annotations
