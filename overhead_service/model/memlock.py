@@ -65,12 +65,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
-from .engine import evaluate
-from .errors import InputError
-from .fields import EMPTY, read_items, read_object, read_pointer, read_string
-from .quantity import KILO, ZERO, Quantity, wrap_int64
-from .tables import Model
-from .vmi import VmiFeatures, read_quantity
+from overhead_service.errors import InputError
+from overhead_service.model.engine import evaluate
+from overhead_service.model.fields import EMPTY, read_items, read_object, read_pointer, read_string
+from overhead_service.model.quantity import KILO, ZERO, Quantity, wrap_int64
+from overhead_service.model.tables import Model
+from overhead_service.model.vmi import VmiFeatures, read_quantity
 
 __all__ = [
     "KubeVirtVersion",
@@ -174,7 +174,7 @@ def memlock_facts(vmi: Any) -> MemlockFacts:
 
     Only the render path needs these, so they are read here rather than on the ``/v1/overhead``
     hot path; every one of them already lies inside a part of the VMI that
-    :func:`overhead_service.vmi.memo_key` keys on.
+    :func:`overhead_service.model.vmi.memo_key` keys on.
     """
     if type(vmi) is not dict:
         raise InputError("vmi", "must be an object")

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from overhead_service.errors import InputError
-from overhead_service.memlock import (
+from overhead_service.model.memlock import (
     RLIM_INFINITY,
     KubeVirtVersion,
     MemlockFacts,
@@ -33,10 +33,10 @@ from overhead_service.memlock import (
     upstream_overhead,
     version_for_table,
 )
-from overhead_service.quantity import ZERO, Format, Quantity, parse_quantity
-from overhead_service.service import OverheadService
-from overhead_service.tables import Model, TableRegistry
-from overhead_service.vmi import extract_features, memo_key
+from overhead_service.model.quantity import ZERO, Format, Quantity, parse_quantity
+from overhead_service.model.service import OverheadService
+from overhead_service.model.tables import Model, TableRegistry
+from overhead_service.model.vmi import extract_features, memo_key
 
 MI = 1 << 20
 GI = 1 << 30
