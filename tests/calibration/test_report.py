@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import html
 import json
 import re
@@ -17,6 +18,7 @@ from benchmarks.harness.records import qemu_records as shared_qemu_records
 from benchmarks.harness.records import record
 from overhead_service import cli
 from overhead_service.calibration import fitting, report
+from overhead_service.calibration.report import data as report_data
 from overhead_service.errors import InputError, NotInTable
 from overhead_service.model.tables import TableRegistry
 
@@ -146,11 +148,11 @@ def test_records_of_other_scopes_are_left_out_and_facts_listed(rendered: Rendere
 def test_plots_use_a_seeded_subset_above_the_cap(rendered: Rendered) -> None:
     assert 'id="sampled"' in rendered.page
     assert "The plots show 200 of the 300 samples" in rendered.page
-    first = report._plot_subset(300, 200)
+    first = report_data.plot_subset(300, 200)
     assert first is not None and len(first) == 200 and len(set(first.tolist())) == 200
-    again = report._plot_subset(300, 200)
+    again = report_data.plot_subset(300, 200)
     assert again is not None and first.tolist() == again.tolist()
-    assert report._plot_subset(200, 200) is None
+    assert report_data.plot_subset(200, 200) is None
 
 
 def test_everything_from_documents_and_records_is_escaped(rendered: Rendered) -> None:
@@ -159,6 +161,32 @@ def test_everything_from_documents_and_records_is_escaped(rendered: Rendered) ->
     assert html.escape(EVIL) in page  # the host fact, the requester, the source, the title
     assert page.count(html.escape(EVIL)) >= 4
     assert "<title>Report: fit-&lt;b&gt;&quot;&amp;$1$</title>" in page
+
+
+def test_the_templates_escape_table_ids_and_provenance() -> None:
+    """Every template autoescapes: an id, parent, description and provenance (keys, values, nested
+    values) full of markup come out as text, once, in element content and in attributes alike."""
+    hostile = "x\"><img src=x onerror=alert(1)>&'"
+    document = copy.deepcopy(REGISTRY.document("kubevirt-main"))
+    document |= {"id": hostile, "parent": f"<i>{hostile}", "description": f"<u>{hostile}"}
+    document["provenance"] = {f"<k>{hostile}": f"<v>{hostile}", "nested": {"<n>": hostile}}
+    samples = [fitting.sample_from_record(r) for r in qemu_records(12)]
+    page = report.render_report(
+        document, samples, hypervisor="kvm", arch="amd64", scope="qemu", upstream_document=UPSTREAM
+    )
+    for raw in ("<img src=x", "<i>", "<u>", "<k>", "<v>", "<n>"):
+        assert raw not in page, raw
+    assert "&amp;lt;" not in page and "&amp;quot;" not in page  # escaped once, not twice
+    escaped = html.escape(hostile)
+    assert f"<title>Report: {escaped}</title>" in page
+    assert f"<h1>Calibration table report: <code>{escaped}</code></h1>" in page
+    assert f"<th>&lt;k&gt;{escaped}</th>" in page and f"&lt;v&gt;{escaped}" in page
+    assert f"&lt;i&gt;{escaped}" in page and f"&lt;u&gt;{escaped}" in page
+    assert html.escape(json.dumps({"<n>": hostile}, ensure_ascii=False)) in page  # nested: JSON text
+    # In attributes: the id is each evaluation cell's data-table, read back whole.
+    assert set(data_values(page, "coverage")) == {hostile, "kubevirt-v1.9.0"}
+    assert f"<th><code>{escaped}</code></th>" in page
+    assert len(images(page)) == len(PLOTS)  # the templates' own markup is intact
 
 
 def test_no_samples_says_so_and_shows_the_table() -> None:
