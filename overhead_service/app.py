@@ -9,7 +9,9 @@ from flask import Flask
 
 from overhead_service import config as settings
 from overhead_service import web
-from overhead_service.extensions import REGISTRY, SERVICE, STORE, SYNC
+from overhead_service.clusterconfig import config_source
+from overhead_service.extensions import ADMISSION, CLUSTER_CONFIG, REGISTRY, SERVICE, STORE, SYNC
+from overhead_service.model.admission import Admission
 from overhead_service.model.service import OverheadService
 from overhead_service.model.tables import TableRegistry
 from overhead_service.store import Store
@@ -33,6 +35,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions[REGISTRY] = registry
     service = OverheadService(registry, default_arch=app.config["DEFAULT_ARCH"], default_table=default_table)
     app.extensions[SERVICE] = service
+    # The admission webhook: its upstream table is checked now; the KubeVirt configuration is
+    # read from its source per VMI, never waited for.
+    app.extensions[ADMISSION] = Admission(service, app.config["ADMISSION_UPSTREAM_TABLE"])
+    app.extensions[CLUSTER_CONFIG] = config_source(app.config)
     # The store holds no schema until `init-db` (or gunicorn's on_starting) creates it.
     store = app.extensions[STORE] = Store(app.config["DATABASE_URL"])
 

@@ -301,21 +301,40 @@ def init_db(database_url: str | None) -> None:
     click.echo(f"schema version {version} ready in {shown}")
 
 
-def gunicorn_argv(bind: str, workers: int | None) -> list[str]:
+def gunicorn_argv(
+    bind: str, workers: int | None, certfile: str | None = None, keyfile: str | None = None
+) -> list[str]:
     """The command line ``serve`` runs: gunicorn on the app factory with the packaged settings."""
     argv = [sys.executable, "-m", "gunicorn", "--config", "python:overhead_service.gunicorn_conf"]
     argv += ["--bind", bind]
     if workers is not None:
         argv += ["--workers", str(workers)]
+    if certfile is not None:
+        argv += ["--certfile", certfile]
+    if keyfile is not None:
+        argv += ["--keyfile", keyfile]
     return [*argv, "overhead_service:create_app()"]
 
 
 @main.command()
 @click.option("--bind", default="0.0.0.0:8080", show_default=True, help="Address to listen on.")
 @click.option("--workers", type=click.IntRange(min=1), help="Worker processes [default: usable CPUs].")
-def serve(bind: str, workers: int | None) -> None:
-    """Run the HTTP API under gunicorn."""
-    argv = gunicorn_argv(bind, workers)
+@click.option(
+    "--certfile",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Serve HTTPS with this PEM certificate (chain); re-read when it changes.",
+)
+@click.option(
+    "--keyfile",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The certificate's PEM private key (needs --certfile).",
+)
+def serve(bind: str, workers: int | None, certfile: str | None, keyfile: str | None) -> None:
+    """Run the HTTP API under gunicorn (HTTPS on every address with --certfile: the admission
+    webhook's server runs as a second process, see deploy/components/webhook)."""
+    if keyfile is not None and certfile is None:
+        raise click.UsageError("--keyfile needs --certfile")
+    argv = gunicorn_argv(bind, workers, certfile, keyfile)
     # Prometheus multiprocess mode needs the directory in gunicorn's environment from its first
     # line (prometheus_client reads it once, at import): the operator's, else a private one.
     multiproc.ensure_dir()

@@ -17,6 +17,13 @@
 - ``LOG_LEVEL``: ``debug``, ``info``, ``warning``, ``error`` or ``critical`` (any case); default
   ``info``. One access line per request is logged at ``info`` (``warning`` for a hypervisor
   fallback), so ``warning`` keeps only fallbacks and errors.
+- ``ADMISSION_MODE``: what ``POST /v1/admission/vmi`` does to a VMI: ``shadow`` (annotations only),
+  ``headroom``, ``reserved-overhead`` or ``off``; default ``shadow``
+  (:mod:`overhead_service.model.admission`).
+- ``ADMISSION_UPSTREAM_TABLE``: the built-in upstream table standing for the cluster's KubeVirt;
+  default ``kubevirt-v1.9.0``.
+- ``KUBEVIRT_CONFIGURATION``: the KubeVirt CR's ``spec.configuration`` as a JSON object, for the
+  admission webhook; default none (:mod:`overhead_service.clusterconfig`).
 
 ``<root>`` is the source checkout when the package runs from one (``make serve``), else the
 current directory. Keys of the mapping that are not listed here (``TESTING`` …) go to Flask as they are.
@@ -29,7 +36,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from overhead_service.clusterconfig import parse_configuration
 from overhead_service.logs import parse_level
+from overhead_service.model.admission import MODES as ADMISSION_MODES
 
 __all__ = ["ENV_PREFIX", "KEYS", "default_database_url", "resolve"]
 
@@ -45,6 +54,9 @@ KEYS = (
     "FIT_TARGET",
     "ACTIVATION_MIN_SAMPLES",
     "LOG_LEVEL",
+    "ADMISSION_MODE",
+    "ADMISSION_UPSTREAM_TABLE",
+    "KUBEVIRT_CONFIGURATION",
 )
 
 
@@ -73,6 +85,9 @@ def _defaults() -> dict[str, Any]:
         "FIT_TARGET": 0.995,
         "ACTIVATION_MIN_SAMPLES": 250,
         "LOG_LEVEL": "info",
+        "ADMISSION_MODE": "shadow",
+        "ADMISSION_UPSTREAM_TABLE": "kubevirt-v1.9.0",
+        "KUBEVIRT_CONFIGURATION": None,
     }
 
 
@@ -127,5 +142,13 @@ def resolve(
         raise ValueError(f"{sources['ACTIVATION_MIN_SAMPLES']} must be a whole number")
     settings["ACTIVATION_MIN_SAMPLES"] = int(minimum)
     settings["LOG_LEVEL"] = parse_level(settings["LOG_LEVEL"], sources["LOG_LEVEL"])
+    if settings["ADMISSION_MODE"] not in ADMISSION_MODES:
+        raise ValueError(f"{sources['ADMISSION_MODE']} must be one of {', '.join(ADMISSION_MODES)}")
+    if not isinstance(settings["ADMISSION_UPSTREAM_TABLE"], str) or not settings["ADMISSION_UPSTREAM_TABLE"]:
+        raise ValueError(f"{sources['ADMISSION_UPSTREAM_TABLE']} must be a table id")
+    if settings["KUBEVIRT_CONFIGURATION"] is not None:
+        settings["KUBEVIRT_CONFIGURATION"] = parse_configuration(
+            settings["KUBEVIRT_CONFIGURATION"], sources["KUBEVIRT_CONFIGURATION"]
+        )
     settings.update(config)
     return settings

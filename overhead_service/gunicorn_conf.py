@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl as _ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,15 @@ from overhead_service.config import resolve as _resolve_settings
 from overhead_service.logs import gunicorn_logconfig as _gunicorn_logconfig
 from overhead_service.store import Store as _Store
 
-__all__ = ["NoAccessLogger", "child_exit", "cpu_count", "default_workers", "on_exit", "on_starting"]
+__all__ = [
+    "NoAccessLogger",
+    "child_exit",
+    "cpu_count",
+    "default_workers",
+    "on_exit",
+    "on_starting",
+    "ssl_context",
+]
 
 
 def cpu_count() -> int:
@@ -109,6 +118,37 @@ def child_exit(server: Any, worker: Any) -> None:
 def on_exit(server: Any) -> None:
     """Remove the metrics directory if it was made for this run (a mounted one stays)."""
     _multiproc.remove_private_dir()
+
+
+# --- TLS (serve --certfile/--keyfile: the admission webhook's listener) -----------------------------
+# gunicorn asks for a context for every connection it accepts and builds a new one each time,
+# reading and parsing the certificate and key again. One per set of files is kept instead, and
+# rebuilt when a file changes (cert-manager renews the Secret; the kubelet swaps the mounted files
+# by moving a symlink, so the inode changes): a rotated certificate is served from the next
+# connection on, without a restart.
+_ssl_contexts: dict[tuple[object, ...], _ssl.SSLContext] = {}
+
+
+def _file_identity(path: str | None) -> tuple[int, int, int] | None:
+    if not path:
+        return None
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None  # the factory reports the missing file
+    return (found.st_ino, found.st_mtime_ns, found.st_size)
+
+
+def ssl_context(config: Any, default_ssl_context_factory: Any) -> _ssl.SSLContext:
+    """gunicorn's hook: the context for the configured files, reused while they are unchanged."""
+    key = tuple(_file_identity(path) for path in (config.certfile, config.keyfile, config.ca_certs))
+    context = _ssl_contexts.get(key)
+    if context is None:
+        context = default_ssl_context_factory()
+        context.minimum_version = _ssl.TLSVersion.TLSv1_2
+        _ssl_contexts.clear()
+        _ssl_contexts[key] = context
+    return context
 
 
 class NoAccessLogger(_GunicornLogger):  # type: ignore[misc]  # gunicorn ships no types

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import requests
 
+from benchmarks.harness.tls import TlsFiles
+
 ROOT = Path(__file__).resolve().parents[2]
 
 __all__ = ["GunicornServer", "UploadReport", "upload_batches"]
@@ -53,9 +55,12 @@ class GunicornServer:
         workers: int = 2,
         threads: int | None = None,
         env: Mapping[str, str] | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
-        """``env``: more environment variables for gunicorn (e.g. ``PROMETHEUS_MULTIPROC_DIR``)."""
+        """``env``: more environment variables for gunicorn (e.g. ``PROMETHEUS_MULTIPROC_DIR``);
+        ``tls``: serve HTTPS with that certificate (the readiness check verifies it with the CA)."""
         self.database_url = database_url
+        self.tls = tls
         self.env = dict(env or {})
         self.tokens = tokens
         self.workers = workers
@@ -69,11 +74,13 @@ class GunicornServer:
 
     def start(self, timeout: float = 60) -> GunicornServer:
         self.port = _free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
         argv = [sys.executable, "-m", "gunicorn", "--config", "python:overhead_service.gunicorn_conf"]
         argv += ["--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers)]
         if self.threads is not None:
             argv += ["--threads", str(self.threads)]
+        if self.tls is not None:
+            argv += ["--certfile", str(self.tls.cert), "--keyfile", str(self.tls.key)]
         argv.append("overhead_service:create_app()")
         env = {k: v for k, v in os.environ.items() if not k.startswith("OVERHEAD_")}
         env.update({"OVERHEAD_DATABASE_URL": self.database_url, "OVERHEAD_TOKENS": self.tokens})
@@ -87,7 +94,8 @@ class GunicornServer:
             if self._process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited with {self._process.returncode}:\n{self.log()}")
             try:
-                if requests.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
+                verify: str | bool = str(self.tls.ca) if self.tls is not None else True
+                if requests.get(f"{self.base_url}/readyz", timeout=2, verify=verify).status_code == 200:
                     return self
             # A timeout too: on a busy machine the first request can wait for a worker to boot.
             except (requests.ConnectionError, requests.Timeout):

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from overhead_service.errors import InputError, UnknownTable
+from overhead_service.errors import InexactNumber, InputError, UnknownTable
 from overhead_service.model.engine import parse_ratio
 from overhead_service.model.fields import read_object
 from overhead_service.model.headroom import (
@@ -138,6 +138,8 @@ class Admission:
             decision = self._decide(vmi, configuration, requested)
             decision.warnings[:0] = warnings
             return decision
+        except InexactNumber:
+            raise  # the caller decodes the body again, keeping every number exact
         except InputError as error:
             reason = (
                 "invalid-configuration" if error.path.startswith("kubevirtConfiguration") else "invalid-vmi"
@@ -207,7 +209,9 @@ class Admission:
             # Whole hugepages, or page tables KubeVirt counts once the request is explicit: the
             # smallest raise it accepts would more than double what is asked.
             decision.mode = "none"
-            decision.reason = f"the smallest raise KubeVirt accepts adds {plan.growth} bytes, over twice T - B"
+            decision.reason = (
+                f"the smallest raise KubeVirt accepts adds {plan.growth} bytes, over twice T - B"
+            )
             return
         problem = check.headroom(vmi, plan, delta)
         if isinstance(problem, str):
@@ -253,13 +257,13 @@ def _gates(configuration: dict[str, Any]) -> list[Any]:
 
 
 def _error(requested: str, reason: str, detail: str) -> Decision:
-    return Decision(requested, "none", "error", reason, warnings=[f"not admitted: {detail}"[:200]])
+    return Decision(requested, "none", "error", reason, warnings=[f"VMI left unchanged: {detail}"[:200]])
 
 
 def _fail(decision: Decision, problem: str) -> None:
     """A plan the check refused: no patch at all, and say why."""
     decision.mode, decision.outcome, decision.reason = "none", "error", "check-failed"
-    decision.warnings.append(f"not patched: {problem}"[:200])
+    decision.warnings.append(f"VMI left unchanged, the patch failed its check: {problem}"[:200])
 
 
 def _annotation_edits(vmi: dict[str, Any], decision: Decision) -> list[tuple[tuple[str, ...], Any]]:

@@ -6,6 +6,7 @@ from flask import Flask
 
 from overhead_service.web import (
     activations,
+    admission,
     auth,
     errors,
     fits,
@@ -31,3 +32,4 @@ def init_app(app: Flask) -> None:
     spec.init_app(app)
     for module in (overhead, render, tables, reports, fits, activations, measurements, health, spec, metrics):
         app.register_blueprint(module.bp)
+    app.register_blueprint(admission.bp)

@@ -34,6 +34,9 @@ from overhead_service.sync import ActiveTable
 
 __all__ = [
     "ACTIVE_TABLE",
+    "ADMISSIONS",
+    "ADMISSION_BYTES",
+    "ADMISSION_ERRORS",
     "ANSWERS",
     "COVERAGE",
     "COVERAGE_TARGET",
@@ -116,6 +119,24 @@ COVERAGE_TARGET: Final = Gauge(
     "The coverage an active fitted table was fitted for.",
     ["hypervisor", "arch", "table"],
     multiprocess_mode="livemax",
+)
+
+ADMISSIONS: Final = Counter(
+    "overhead_admissions",
+    "VMI admission reviews answered (always allowed), by mode applied (shadow, headroom, "
+    "reserved-overhead, none, off) and outcome (patched, annotated, skipped, error).",
+    ["mode", "outcome"],
+)
+ADMISSION_BYTES: Final = Counter(
+    "overhead_admission_delta_bytes",
+    "Bytes by which admitted pods' memory differs from upstream's: added (T > B) or saved (T < B), "
+    "applied to the VMI or only recorded (shadow, or headroom with T <= B), by hypervisor.",
+    ["hypervisor", "direction", "applied"],
+)
+ADMISSION_ERRORS: Final = Counter(
+    "overhead_admission_errors",
+    "VMI admissions allowed unpatched because of a problem, by reason.",
+    ["reason"],
 )
 
 
