@@ -77,7 +77,8 @@ def admission_review(
     vmi: Any, *, uid: str | None = None, operation: str = "CREATE", kind: dict[str, str] | None = None
 ) -> dict[str, Any]:
     """An ``admission.k8s.io/v1`` AdmissionReview request for ``vmi``."""
-    namespace = vmi.get("metadata", {}).get("namespace", "default") if isinstance(vmi, dict) else "default"
+    metadata = vmi.get("metadata") if isinstance(vmi, dict) else None
+    metadata = metadata if isinstance(metadata, dict) else {}
     return {
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
@@ -91,8 +92,8 @@ def admission_review(
                 "version": "v1",
                 "resource": "virtualmachineinstances",
             },
-            "name": vmi.get("metadata", {}).get("name", "") if isinstance(vmi, dict) else "",
-            "namespace": namespace,
+            "name": metadata.get("name", ""),
+            "namespace": metadata.get("namespace", "default"),
             "operation": operation,
             "userInfo": {"username": "system:serviceaccount:kubevirt:kubevirt-controller"},
             "object": vmi,

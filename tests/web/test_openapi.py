@@ -47,7 +47,10 @@ def test_every_route_is_in_the_spec_and_back(app: Flask) -> None:
         for method in operations
     }
     served = {
-        (re.sub(r"<(?:\w+:)?\w+>", "{id}", rule.rule), method)
+        (
+            re.sub(r"<(?:\w+:)?(\w+)>", lambda m: "{id}" if m[1] == "table_id" else f"{{{m[1]}}}", rule.rule),
+            method,
+        )
         for rule in app.url_map.iter_rules()
         if rule.endpoint != "static"
         for method in rule.methods or ()
