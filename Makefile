@@ -38,6 +38,7 @@ help:
 	@echo "make bench   run python -m benchmarks.bench_overhead"
 	@echo "make bench-ingest  run python -m benchmarks.bench_ingest (SQLite and a throwaway PostgreSQL)"
 	@echo "make bench-load    run python -m benchmarks.bench_load (/v1/overhead vs /healthz at 1..64 connections)"
+	@echo "make bench-admission  run python -m benchmarks.bench_admission (the VMI webhook over HTTPS at 1 and 8 connections)"
 	@echo "make init-db create or upgrade the database schema (DATABASE_URL; serve does it too)"
 	@echo "make image   build the container image with docker or podman (IMAGE=...; not run in CI)"
 	@echo "make measure boot QEMU guests and measure them (MEASURE_CONFIG, MEASURE_ARGS; see benchmarks/measure)"
@@ -101,6 +102,12 @@ bench-ingest: install-test
 .PHONY: bench-load
 bench-load: install bench-deps
 	$(BIN)/python -m benchmarks.bench_load $(BENCH_LOAD_ARGS)
+
+# The admission webhook's latency over HTTPS at 1 and 8 connections, next to /healthz (needs the
+# test extras: cryptography for the throwaway CA, jsonpatch for the in-process comparison).
+.PHONY: bench-admission
+bench-admission: install-test
+	$(BIN)/python -m benchmarks.bench_admission $(BENCH_ADMISSION_ARGS)
 
 # Real QEMU/KVM measurements (benchmarks/measure): e.g.
 #   make measure MEASURE_CONFIG=benchmarks/measure/grid-small.yaml MEASURE_ARGS='--url http://svc:8080 --token T'
