@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import textwrap
 from pathlib import Path
 
 import kubernetes_validate  # type: ignore[import-untyped]
@@ -310,3 +311,18 @@ def test_prometheus_scrapes_the_webhook_server_over_https(
     serving = next(c for c in certificates.values() if not c["spec"].get("isCA"))
     assert webhook["tlsConfig"]["ca"]["secret"] == {"name": serving["spec"]["secretName"], "key": "ca.crt"}
     assert webhook["tlsConfig"]["serverName"] in serving["spec"]["dnsNames"]
+
+
+def test_the_documented_path_without_cert_manager_renders(tmp_path: Path) -> None:
+    """docs/admission.md's patches, in an overlay of ha-webhook: no cert-manager object is left."""
+    text = (DEPLOY.parent / "docs" / "admission.md").read_text()
+    block = text.split("Without cert-manager")[1].split("```yaml\n")[1].split("```")[0]
+    overlay = tmp_path / "manual"
+    overlay.mkdir()
+    base = os.path.relpath(TARGETS["ha-webhook"], overlay)
+    (overlay / "kustomization.yaml").write_text(f"resources:\n  - {base}\n" + textwrap.dedent(block))
+    docs = _render(overlay)
+    assert not [doc for doc in docs if doc["apiVersion"].startswith("cert-manager.io/")]
+    configuration = _one(docs, "MutatingWebhookConfiguration")
+    assert "cert-manager.io/inject-ca-from" not in configuration["metadata"].get("annotations", {})
+    assert _containers(docs)["webhook"]  # the rest is unchanged
