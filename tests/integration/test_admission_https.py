@@ -14,6 +14,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import jsonpatch
@@ -24,6 +25,7 @@ from benchmarks.harness.reviews import admission_review, defaulted_vmi
 from benchmarks.harness.server import GunicornServer
 from benchmarks.harness.tls import TlsFiles, make_tls
 from benchmarks.harness.tokens import ADMIN_TOKEN, TOKENS
+from overhead_service import gunicorn_conf
 from overhead_service.model.admission import ANNOTATIONS
 from overhead_service.model.headroom import MIB
 
@@ -140,3 +142,26 @@ def test_a_rotated_certificate_is_served_without_a_restart(tmp_path: Path) -> No
         )
         with pytest.raises(requests.exceptions.SSLError):
             requests.get(f"{server.base_url}/healthz", verify=str(first.ca), timeout=10)
+
+
+def test_the_tls_context_is_built_once_per_set_of_files(tmp_path: Path) -> None:
+    """gunicorn asks for a context per connection; the settings' hook reuses one until a file
+    changes (a new inode, as the kubelet's symlink swap gives)."""
+    files = make_tls(tmp_path / "a")
+    settings = SimpleNamespace(certfile=str(files.cert), keyfile=str(files.key), ca_certs=None)
+    built: list[ssl.SSLContext] = []
+
+    def factory() -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(settings.certfile, settings.keyfile)
+        built.append(context)
+        return context
+
+    first = gunicorn_conf.ssl_context(settings, factory)
+    assert gunicorn_conf.ssl_context(settings, factory) is first
+    assert len(built) == 1 and first.minimum_version == ssl.TLSVersion.TLSv1_2
+    renewed = make_tls(tmp_path / "b")
+    for name in ("tls.crt", "tls.key"):
+        os.replace(renewed.cert.parent / name, files.cert.parent / name)
+    assert gunicorn_conf.ssl_context(settings, factory) is not first
+    assert len(built) == 2

@@ -16,6 +16,8 @@ from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 
 from benchmarks.harness.reviews import admission_review, defaulted_vmi
+from overhead_service import config
+from overhead_service.clusterconfig import ConfigSource, config_source
 from overhead_service.extensions import get_admission, get_service
 from overhead_service.model.admission import ANNOTATIONS, LABEL
 from overhead_service.model.headroom import MIB
@@ -303,3 +305,45 @@ def test_a_reinvocation_changes_nothing_more(webhook: FlaskClient) -> None:
     )
     again = admission_review(jsonpatch.apply_patch(copy.deepcopy(vmi), first), uid="b")
     assert _patch(_response(webhook.post("/v1/admission/vmi/headroom", json=again), "b")) == []
+
+
+# --- settings -----------------------------------------------------------------------------------------
+
+
+def test_admission_settings_from_the_environment() -> None:
+    settings = config.resolve(
+        None,
+        environ={
+            "OVERHEAD_ADMISSION_MODE": "headroom",
+            "OVERHEAD_ADMISSION_UPSTREAM_TABLE": "kubevirt-main",
+            "OVERHEAD_KUBEVIRT_CONFIGURATION": '{"additionalGuestMemoryOverheadRatio": "2"}',
+        },
+    )
+    assert settings["ADMISSION_MODE"] == "headroom"
+    assert settings["ADMISSION_UPSTREAM_TABLE"] == "kubevirt-main"
+    assert settings["KUBEVIRT_CONFIGURATION"] == {"additionalGuestMemoryOverheadRatio": "2"}
+    source = config_source(settings)
+    assert source.current() == ({"additionalGuestMemoryOverheadRatio": "2"}, "static")
+    assert isinstance(source, ConfigSource)
+    assert config_source(config.resolve(None, environ={})).current() == (None, "unavailable")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("ADMISSION_MODE", "aggressive", "must be one of shadow, headroom, reserved-overhead, off"),
+        ("ADMISSION_UPSTREAM_TABLE", "", "must be a table id"),
+        ("KUBEVIRT_CONFIGURATION", "{not json", "must be a JSON object"),
+        ("KUBEVIRT_CONFIGURATION", "[1, 2]", "must be a JSON object"),
+    ],
+)
+def test_bad_admission_settings_are_refused(key: str, value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=f"OVERHEAD_{key} {message}"):
+        config.resolve(None, environ={f"OVERHEAD_{key}": value})
+
+
+def test_the_upstream_table_is_checked_at_start_up(app_factory: AppFactory) -> None:
+    with pytest.raises(LookupError, match="not a built-in upstream table"):
+        app_factory(ADMISSION_UPSTREAM_TABLE="kvm-measured-pvm-2026-11")
+    with pytest.raises(LookupError):
+        app_factory(ADMISSION_UPSTREAM_TABLE="no-such-table")

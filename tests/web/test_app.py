@@ -34,6 +34,9 @@ def test_defaults_when_nothing_is_set() -> None:
         "FIT_TARGET": 0.995,
         "ACTIVATION_MIN_SAMPLES": 250,
         "LOG_LEVEL": "info",
+        "ADMISSION_MODE": "shadow",
+        "ADMISSION_UPSTREAM_TABLE": "kubevirt-v1.9.0",
+        "KUBEVIRT_CONFIGURATION": None,
     }
 
 
