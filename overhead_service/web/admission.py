@@ -79,8 +79,9 @@ def _is_vmi_create(request: dict[str, Any]) -> bool:
 def _decide(request: dict[str, Any], mode: str) -> tuple[Decision, str]:
     if not _is_vmi_create(request):
         return Decision(mode, "none", "skipped", "not a kubevirt.io/v1 VirtualMachineInstance CREATE"), "-"
-    configuration, state = get_cluster_config().current()
+    state = "-"
     try:
+        configuration, state = get_cluster_config().current()
         return get_admission().review(request.get("object"), configuration, mode), state
     except InexactNumber:
         raise  # answer_json decodes the body again, keeping every number exact
