@@ -23,7 +23,9 @@
 - ``ADMISSION_UPSTREAM_TABLE``: the built-in upstream table standing for the cluster's KubeVirt;
   default ``kubevirt-v1.9.0``.
 - ``KUBEVIRT_CONFIGURATION``: the KubeVirt CR's ``spec.configuration`` as a JSON object, for the
-  admission webhook; default none (:mod:`overhead_service.clusterconfig`).
+  admission webhook; default none: it is then read and watched in the cluster when credentials are
+  at hand (:mod:`overhead_service.clusterconfig`, :mod:`overhead_service.kube`).
+- ``KUBEVIRT_NAMESPACE``: where that watch looks for the KubeVirt CR; default none (all namespaces).
 
 ``<root>`` is the source checkout when the package runs from one (``make serve``), else the
 current directory. Keys of the mapping that are not listed here (``TESTING`` …) go to Flask as they are.
@@ -57,6 +59,7 @@ KEYS = (
     "ADMISSION_MODE",
     "ADMISSION_UPSTREAM_TABLE",
     "KUBEVIRT_CONFIGURATION",
+    "KUBEVIRT_NAMESPACE",
 )
 
 
@@ -88,6 +91,7 @@ def _defaults() -> dict[str, Any]:
         "ADMISSION_MODE": "shadow",
         "ADMISSION_UPSTREAM_TABLE": "kubevirt-v1.9.0",
         "KUBEVIRT_CONFIGURATION": None,
+        "KUBEVIRT_NAMESPACE": None,
     }
 
 
@@ -150,5 +154,9 @@ def resolve(
         settings["KUBEVIRT_CONFIGURATION"] = parse_configuration(
             settings["KUBEVIRT_CONFIGURATION"], sources["KUBEVIRT_CONFIGURATION"]
         )
+    namespace = settings["KUBEVIRT_NAMESPACE"] or None
+    if namespace is not None and not isinstance(namespace, str):
+        raise ValueError(f"{sources['KUBEVIRT_NAMESPACE']} must be a namespace name, got {namespace!r}")
+    settings["KUBEVIRT_NAMESPACE"] = namespace
     settings.update(config)
     return settings
