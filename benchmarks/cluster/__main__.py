@@ -20,10 +20,11 @@ from datetime import UTC, datetime
 from types import FrameType
 
 from benchmarks.cluster.config import Config, ConfigError, load_config
-from benchmarks.cluster.kube import ApiError, KubeClient, load_credentials
+from benchmarks.cluster.kube import KubeError, open_client
 from benchmarks.cluster.runner import Benchmark, PreflightError, Terminated
 from benchmarks.cluster.upload import JsonLinesSink, Uploader, UploadError
 from benchmarks.cluster.vmi import vmi_manifest, vmi_name
+from overhead_service.kube import Access
 
 __all__ = ["main", "resolve_run_id"]
 
@@ -71,10 +72,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output", default=None, help="overrides output (JSON Lines file, - for stdout)")
     parser.add_argument("--upload-url", default=None, help="overrides upload.url ('' to not upload)")
-    parser.add_argument("--api-server", default="", help="API server URL (else in-cluster, else kubeconfig)")
+    parser.add_argument(
+        "--api-server", default="", help="API server URL (else the pod's service account, else a kubeconfig)"
+    )
     parser.add_argument("--token-file", default="", help="bearer token file for --api-server")
     parser.add_argument(
-        "--kubeconfig", default="", help="kubeconfig path (default $KUBECONFIG, ~/.kube/config)"
+        "--kubeconfig",
+        default="",
+        help="kubeconfig path (default $KUBECONFIG, ~/.kube/config); tokens, client certificates and "
+        "exec plugins all work",
     )
     parser.add_argument("--context", default="", help="kubeconfig context (default: the current one)")
     parser.add_argument(
@@ -141,23 +147,23 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         except UploadError as err:
             log.error("%s: set $%s (the Job reads it from a Secret)", err, config.upload.token_env)
             return 2
-    try:
-        credentials = load_credentials(
-            api_server=args.api_server,
-            token_file=args.token_file,
-            kubeconfig=args.kubeconfig,
-            context=args.context,
-            environ=env,
-        )
-    except ApiError as err:
-        log.error("Kubernetes credentials: %s", err)
-        return 2
-    client = KubeClient(
-        credentials,
-        retries=config.api.retries,
-        backoff_seconds=config.api.backoff_seconds,
-        timeout_seconds=config.api.timeout_seconds,
+    access = Access(
+        api_server=args.api_server,
+        token_file=args.token_file,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        environ=env,
     )
+    try:
+        client = open_client(
+            access,
+            retries=config.api.retries,
+            backoff_seconds=config.api.backoff_seconds,
+            timeout_seconds=config.api.timeout_seconds,
+        )
+    except KubeError as err:
+        log.error("%s", err)
+        return 2
     sink = JsonLinesSink(config.output) if config.output else None
     benchmark = Benchmark(config, client, run_id=run_id, self_node=self_node, uploader=uploader, sink=sink)
     try:

@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 
 CONSOLE_CONTAINER: Final = "guest-console-log"
 COMPUTE_CONTAINER: Final = "compute"
-CONSOLE_TAIL_LINES: Final = "40"
+CONSOLE_TAIL_LINES: Final = 40
 MEMORY_STAT_PATHS: Final = ("/sys/fs/cgroup/memory.stat", "/sys/fs/cgroup/memory/memory.stat")
 FINAL_PHASES: Final = ("Failed", "Succeeded")
 
@@ -147,8 +147,7 @@ class Benchmark:
         self._now = now
         self.hypervisor = config.pool.hypervisor
         self.device = DEVICE_PREFIX + self.hypervisor
-        self.vmi_path = f"/apis/kubevirt.io/v1/namespaces/{config.namespace}/virtualmachineinstances"
-        self.pods_path = f"/api/v1/namespaces/{config.namespace}/pods"
+        self.namespace = config.namespace
 
     # --- the run ---------------------------------------------------------------------------------
 
@@ -209,7 +208,7 @@ class Benchmark:
         pool = self.config.pool
         try:
             if pool.node or self.self_node:
-                node = self.client.get_json(f"/api/v1/nodes/{pool.node or self.self_node}")
+                node = self.client.node(pool.node or self.self_node)
                 problem = self._node_problem(node)
                 if problem and not pool.node:  # this Job's node is not in the pool: look elsewhere
                     log.info(
@@ -238,9 +237,7 @@ class Benchmark:
 
     def _pick_node(self) -> dict[str, Any]:
         selector = ",".join(f"{k}={v}" for k, v in sorted(self.config.pool.node_selector.items()))
-        listing = self.client.get_json(
-            "/api/v1/nodes", params={"labelSelector": selector} if selector else None
-        )
+        listing = self.client.nodes(selector)
         problems = []
         for node in sorted(listing.get("items") or [], key=lambda n: str(n["metadata"]["name"])):
             problem = self._node_problem(node)
@@ -275,9 +272,8 @@ class Benchmark:
         info = (node.get("status") or {}).get("nodeInfo") or {}
         kubevirt = None
         config = self.config
-        path = f"/apis/kubevirt.io/v1/namespaces/{config.kubevirt_namespace}/kubevirts/{config.kubevirt_name}"
         try:
-            cr = self.client.get_json(path)
+            cr = self.client.kubevirt(config.kubevirt_namespace, config.kubevirt_name)
             kubevirt = (cr.get("status") or {}).get("observedKubeVirtVersion") or None
         except ApiError as err:
             log.warning(
@@ -296,9 +292,7 @@ class Benchmark:
     def remove_leftovers(self) -> None:
         """Delete the VMIs an earlier, interrupted run left in the namespace."""
         try:
-            listing = self.client.get_json(
-                self.vmi_path, params={"labelSelector": f"app.kubernetes.io/managed-by={MANAGED_BY}"}
-            )
+            listing = self.client.vmis(self.namespace, f"app.kubernetes.io/managed-by={MANAGED_BY}")
             for item in listing.get("items") or []:
                 name = item["metadata"]["name"]
                 log.warning("deleting VMI %s left by an earlier run", name)
@@ -402,11 +396,11 @@ class Benchmark:
         """Create the VMI; its uid. An identical leftover of this run (a retried POST) is adopted."""
         name = manifest["metadata"]["name"]
         try:
-            created = self.client.create(self.vmi_path, manifest)
+            created = self.client.create_vmi(self.namespace, manifest)
         except ApiError as err:
             if err.status != 409:
                 raise
-            created = self.client.get_json(f"{self.vmi_path}/{name}")
+            created = self.client.vmi(self.namespace, name)
             labels = (created.get("metadata") or {}).get("labels") or {}
             if labels != manifest["metadata"]["labels"] or created["metadata"].get("deletionTimestamp"):
                 raise SampleError(f"VMI {name} exists already and is not this sample's") from None
@@ -418,7 +412,7 @@ class Benchmark:
         deadline = self._clock() + timing.running_seconds
         phase = None
         while True:
-            vmi = self.client.get_json(f"{self.vmi_path}/{name}")
+            vmi = self.client.vmi(self.namespace, name)
             status = vmi.get("status") or {}
             if status.get("phase") != phase:
                 phase = status.get("phase")
@@ -443,9 +437,7 @@ class Benchmark:
         timing = self.config.timing
         deadline = self._clock() + timing.running_seconds
         while True:
-            listing = self.client.get_json(
-                self.pods_path, params={"labelSelector": f"kubevirt.io/created-by={uid}"}
-            )
+            listing = self.client.pods(self.namespace, f"kubevirt.io/created-by={uid}")
             for pod in listing.get("items") or []:
                 if (pod.get("status") or {}).get("phase") == "Running" and not pod["metadata"].get(
                     "deletionTimestamp"
@@ -459,10 +451,7 @@ class Benchmark:
 
     def console(self, pod: str) -> GuestReport | None:
         try:
-            text = self.client.get_text(
-                f"{self.pods_path}/{pod}/log",
-                params={"container": CONSOLE_CONTAINER, "tailLines": CONSOLE_TAIL_LINES},
-            )
+            text = self.client.pod_log(self.namespace, pod, CONSOLE_CONTAINER, CONSOLE_TAIL_LINES)
         except ApiError as err:
             if err.status in (400, 404):  # the container is not there or not started yet
                 return None
@@ -523,9 +512,7 @@ class Benchmark:
         return snapshots
 
     def summary(self, node: str) -> dict[str, Any]:
-        return self.client.get_json(
-            f"/api/v1/nodes/{node}/proxy/stats/summary", params={"only_cpu_and_memory": "true"}
-        )
+        return self.client.stats_summary(node)
 
     def _meminfo(self) -> str:
         return Path(self.config.meminfo_path).read_text(encoding="utf-8")
@@ -570,14 +557,12 @@ class Benchmark:
         """Delete the VMI (if it exists) and wait until it and its launcher pod are gone."""
         timing = self.config.timing
         try:
-            self.client.delete(f"{self.vmi_path}/{name}")
+            self.client.delete_vmi(self.namespace, name)
             deadline = self._clock() + timing.delete_seconds
             while True:
                 gone = self._vmi_gone(name)
                 if gone and uid:
-                    listing = self.client.get_json(
-                        self.pods_path, params={"labelSelector": f"kubevirt.io/created-by={uid}"}
-                    )
+                    listing = self.client.pods(self.namespace, f"kubevirt.io/created-by={uid}")
                     gone = not listing.get("items")
                 if gone:
                     log.info("deleted VMI %s", name)
@@ -592,7 +577,7 @@ class Benchmark:
 
     def _vmi_gone(self, name: str) -> bool:
         try:
-            self.client.get_json(f"{self.vmi_path}/{name}")
+            self.client.vmi(self.namespace, name)
         except ApiError as err:
             if err.status == 404:
                 return True

@@ -208,9 +208,7 @@ class KubeApi:
             ),
         )
 
-    def pod_log(
-        self, namespace: str, name: str, *, container: str, tail_lines: int, timeout: float
-    ) -> str:
+    def pod_log(self, namespace: str, name: str, *, container: str, tail_lines: int, timeout: float) -> str:
         response = self._call(
             f"get pods/{name}/log -n {namespace}",
             lambda: self._core.read_namespaced_pod_log(
@@ -286,7 +284,9 @@ class KubeApi:
             ),
         )
 
-    def delete_object(self, resource: Resource, namespace: str, name: str, *, timeout: float) -> dict[str, Any]:
+    def delete_object(
+        self, resource: Resource, namespace: str, name: str, *, timeout: float
+    ) -> dict[str, Any]:
         return self._json(
             f"delete {resource}/{name} -n {namespace}",
             lambda: self._custom.delete_namespaced_custom_object(
@@ -376,7 +376,9 @@ class KubeApi:
         try:
             return _collect(ws, operation, time.monotonic() + timeout, max_output)
         finally:
-            ws.close()
+            ws.close()  # a close handshake, unless the server closed first...
+            if ws.sock is not None:
+                ws.sock.shutdown()  # ...which leaves the socket open: close it either way
 
     # --- plumbing --------------------------------------------------------------------------------
 
@@ -405,7 +407,9 @@ class WatchStream:
     Iterate it once; :meth:`stop` (from any thread) ends the iteration promptly, closing the socket.
     """
 
-    def __init__(self, operation: str, func: Callable[..., Any], args: tuple[str, ...], kwargs: dict[str, Any]):
+    def __init__(
+        self, operation: str, func: Callable[..., Any], args: tuple[str, ...], kwargs: dict[str, Any]
+    ):
         self.operation = operation
         self._watch = Watch()
         self._func = func
@@ -499,4 +503,6 @@ def _no_answer(operation: str, exc: BaseException) -> KubeApiError:
     timed_out = isinstance(cause, errors.ReadTimeoutError | TimeoutError) or (
         isinstance(cause, errors.ConnectTimeoutError) and not isinstance(cause, errors.NewConnectionError)
     )
-    return KubeApiError(operation, 0, "Timeout" if timed_out else "Unreachable", f"{type(cause).__name__}: {cause}")
+    return KubeApiError(
+        operation, 0, "Timeout" if timed_out else "Unreachable", f"{type(cause).__name__}: {cause}"
+    )

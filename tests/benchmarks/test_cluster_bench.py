@@ -1,10 +1,11 @@
 """The cluster benchmark (benchmarks/cluster) against recorded API responses, and its manifests.
 
-``FakeCluster`` is a Kubernetes API server on loopback (http.server in a thread) that answers the
-exact requests the benchmark makes from the JSON and text in ``tests/data/cluster/<scenario>/``:
-a VMI that goes Pending -> Scheduled -> Running, its virt-launcher pod, the kubelet's stats
-summary (before the VMI and while it runs), the guest's serial console log, and ``pods/exec``
-over a real WebSocket (fragmented frames and a ping included). For node scope it also plays the
+``FakeCluster`` is a Kubernetes API server on loopback (tests/support/kube.py: http.server in a
+thread) that answers the exact requests the benchmark makes, through the ``kubernetes`` client
+library, from the JSON and text in ``tests/data/cluster/<scenario>/``: a VMI that goes Pending ->
+Scheduled -> Running, its virt-launcher pod, the kubelet's stats summary (before the VMI and while
+it runs), the guest's serial console log, and ``pods/exec`` over a real WebSocket (server side by
+wsproto; fragmented frames and a ping included). For node scope it also plays the
 node's ``/proc/meminfo``, a file it rewrites when the VMI appears and goes. The expected records
 are computed by hand from the recorded numbers.
 """
@@ -13,12 +14,10 @@ from __future__ import annotations
 
 import base64
 import copy
-import hashlib
 import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
@@ -38,7 +37,7 @@ from werkzeug.serving import make_server
 
 from benchmarks.cluster import __main__ as cli
 from benchmarks.cluster.config import ConfigError, GuestSettings, Shape, parse_config
-from benchmarks.cluster.kube import ApiError, Credentials, ExecError, KubeClient, load_credentials
+from benchmarks.cluster.kube import ApiError, ExecError, KubeClient, open_client
 from benchmarks.cluster.readings import (
     MeasurementError,
     MemoryStats,
@@ -61,19 +60,20 @@ from benchmarks.cluster.vmi import MAX_USER_DATA, user_data, vmi_manifest, vmi_n
 from benchmarks.harness.tokens import INGEST_TOKEN
 from overhead_service.calibration.fitting import sample_from_record, sample_vmi
 from overhead_service.calibration.records import validate_record
+from overhead_service.kube import Access
 from overhead_service.model.vmi import extract_features
 from tests.conftest import AppFactory
 from tests.support import ROOT
+from tests.support.kube import TOKEN, Exec, FakeApiServer, FakeRequest, Reply, status
+from tests.support.tls import CertificateAuthority
 
 DATA = ROOT / "tests" / "data" / "cluster"
 DEPLOY = ROOT / "deploy" / "benchmark"
 NS = "overhead-bench"
-TOKEN = "kube-token-for-tests"
 RUN_ID = "cluster-test-1"
 GIB = 1024**3
 VMIS = f"/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachineinstances"
 PODS = f"/api/v1/namespaces/{NS}/pods"
-WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 KVM_SHAPE = {"vcpus": 2, "memory": "1Gi", "graphics": False, "ioThreads": 1, "deviceSet": "kubevirt"}
 MSHV_SHAPE = {"vcpus": 4, "memory": "2Gi", "graphics": True, "ioThreads": 0, "deviceSet": "minimal"}
@@ -100,31 +100,20 @@ FAST_TIMING = {
 # --- the fake API server --------------------------------------------------------------------------
 
 
-def _status(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
-
-
 class FakeCluster:
-    """Answers the benchmark's requests from ``tests/data/cluster/<scenario>``."""
+    """Answers the benchmark's requests from ``tests/data/cluster/<scenario>`` (on a
+    :class:`~tests.support.kube.FakeApiServer`, over TLS with client certificates when given a CA)."""
 
-    def __init__(self, scenario: str, tmp_path: Path) -> None:
+    def __init__(self, scenario: str, tmp_path: Path, ca: CertificateAuthority | None = None) -> None:
         self.dir = DATA / scenario
         self.node = json.loads((self.dir / "node.json").read_text())["metadata"]["name"]
         self.vmi_name = json.loads((self.dir / "vmi-created.json").read_text())["metadata"]["name"]
         self.uid = json.loads((self.dir / "vmi-created.json").read_text())["metadata"]["uid"]
         self.pod = json.loads((self.dir / "pods.json").read_text())["items"][0]["metadata"]["name"]
         self.meminfo = tmp_path / "meminfo"
+        self.token_file = tmp_path / "kube-token"
+        self.token_file.write_text(TOKEN + "\n")
         self.lock = threading.Lock()
-        self.requests: list[tuple[str, str]] = []  # (method, path?query)
-        self.errors: list[BaseException] = []  # raised while answering: fail the test
         self.posted: list[dict[str, Any]] = []
         self.exec_commands: list[list[str]] = []
         self.overrides: dict[str, Any] = {}  # file name -> object served instead
@@ -139,18 +128,23 @@ class FakeCluster:
         self.deleting = False
         self.vmi_gets = 0
         self._set_meminfo()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        if ca is None:
+            self.api = FakeApiServer(self.route)
+        else:
+            self.api = FakeApiServer(self.route, tokens=(), tls=ca.server(), client_ca=ca.cert)
+        self.url = self.api.url
+
+    @property
+    def requests(self) -> list[tuple[str, str]]:
+        """(method, path?query) of every request, in order."""
+        return self.api.requests
 
     def __enter__(self) -> FakeCluster:
-        self.thread.start()
+        self.api.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        assert not self.errors, self.errors
+        self.api.__exit__(*exc)
 
     def _set_meminfo(self) -> None:
         name = "meminfo-running.txt" if self.vmi_alive else "meminfo-before.txt"
@@ -166,34 +160,39 @@ class FakeCluster:
         return (self.dir / name).read_text()
 
     def count(self, method: str, prefix: str) -> int:
-        return sum(1 for m, p in self.requests if m == method and p.startswith(prefix))
+        return self.api.count(method, prefix)
 
     def _failure(self, key: str) -> int | None:
         statuses = self.fail.get(key)
         return statuses.pop(0) if statuses else None
 
-    # Each handler answers (status, content type, body).
-    def answer(
-        self, method: str, path: str, query: dict[str, list[str]], body: Any
-    ) -> tuple[int, str, bytes]:
-        def js(obj: Any, code: int = 200) -> tuple[int, str, bytes]:
-            return code, "application/json", json.dumps(obj).encode()
+    def route(self, request: FakeRequest) -> Reply | Exec:
+        if request.upgrade and request.path.endswith("/exec"):
+            return self._exec(request)
+        with self.lock:
+            return self.answer(request.method, request.path, request.query, request.body)
 
-        def not_found(what: str) -> tuple[int, str, bytes]:
-            return js(_status(404, "NotFound", f"{what} not found"), 404)
+    def answer(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> Reply:
+        def js(obj: Any, code: int = 200, **headers: str) -> Reply:
+            return Reply(code, obj, headers={k.replace("_", "-"): v for k, v in headers.items()})
+
+        def not_found(what: str) -> Reply:
+            return js(status(404, "NotFound", f"{what} not found"), 404)
 
         selector = query.get("labelSelector", [""])[0]
         node_path = f"/api/v1/nodes/{self.node}"
         if method == "GET" and path == f"{node_path}/proxy/stats/summary":
             failure = self._failure("summary")
             if failure:
-                return js(_status(failure, "InternalError", "error trying to reach service"), failure)
+                return js(status(failure, "InternalError", "error trying to reach service"), failure)
             assert query == {"only_cpu_and_memory": ["true"]}
             return js(self.load("summary-running.json" if self.vmi_alive else "summary-before.json"))
         if method == "GET" and path.startswith("/api/v1/nodes/"):
             failure = self._failure("node")
+            if failure == 429:  # throttled: the API server says when to come back
+                return js(status(429, "TooManyRequests", "slow down"), 429, Retry_After="3")
             if failure:
-                return js(_status(failure, "ServiceUnavailable", "the server is currently unable"), failure)
+                return js(status(failure, "ServiceUnavailable", "the server is currently unable"), failure)
             name = path.rsplit("/", 1)[1]
             for file in ("node.json", "node-without-mshv.json"):
                 if (self.dir / file).exists() and self.load(file)["metadata"]["name"] == name:
@@ -241,8 +240,21 @@ class FakeCluster:
         if method == "GET" and path == f"{PODS}/{self.pod}/log":
             assert query == {"container": ["guest-console-log"], "tailLines": ["40"]}
             console = self.console if self.console is not None else self.text("console.log")
-            return 200, "text/plain", console.encode()
+            return Reply(200, console, "text/plain")
         return not_found(f"{method} {path}")
+
+    def _exec(self, request: FakeRequest) -> Reply | Exec:
+        if request.path != f"{PODS}/{self.pod}/exec":  # as the API server: 404 before any upgrade
+            name = request.path.split("/")[-2]
+            return Reply(404, status(404, "NotFound", f'pods "{name}" not found'))
+        assert request.query["container"] == ["compute"] and request.query["stdout"] == ["true"]
+        assert request.query["stderr"] == ["true"]
+        assert request.query.get("stdin", ["false"]) == request.query.get("tty", ["false"]) == ["false"]
+        # Older API servers speak only v4 of the channel protocol: the client must offer it.
+        assert "v4.channel.k8s.io" in request.headers["sec-websocket-protocol"]
+        with self.lock:
+            stdout, stderr, final = self.exec_output(request.query["command"])
+        return Exec(stdout.encode(), stderr.encode(), final)
 
     def exec_output(self, command: list[str]) -> tuple[str, str, dict[str, Any]]:
         self.exec_commands.append(command)
@@ -256,114 +268,15 @@ class FakeCluster:
         name = files.get(tuple(command))
         failure = self._failure("exec:" + command[0])
         if name is None or failure:
-            status = {
+            final = {
                 "metadata": {},
                 "status": "Failure",
                 "message": f"command terminated with non-zero exit code: exit status {failure or 127}",
                 "reason": "NonZeroExitCode",
                 "details": {"causes": [{"reason": "ExitCode", "message": str(failure or 127)}]},
             }
-            return "", f"{command[0]}: command not found\n", status
+            return "", f"{command[0]}: command not found\n", final
         return self.text(name), "", ok
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        cluster = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms stalls
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _serve(self, method: str) -> None:
-                parts = urlsplit(self.path)
-                query = parse_qs(parts.query)
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
-                with cluster.lock:
-                    cluster.requests.append((method, self.path))
-                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                    self._send(
-                        401,
-                        "application/json",
-                        json.dumps(_status(401, "Unauthorized", "Unauthorized")).encode(),
-                    )
-                    return
-                if parts.path.endswith("/exec") and self.headers.get("Upgrade", "").lower() == "websocket":
-                    self._exec(parts.path, query)
-                    return
-                try:
-                    with cluster.lock:
-                        status, kind, payload = cluster.answer(method, parts.path, query, body)
-                except Exception as exc:  # an unexpected request: the test fails at teardown
-                    cluster.errors.append(exc)
-                    status, kind, payload = 500, "text/plain", repr(exc).encode()
-                self._send(status, kind, payload)
-
-            def _send(self, status: int, kind: str, payload: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def do_GET(self) -> None:
-                self._serve("GET")
-
-            def do_POST(self) -> None:
-                self._serve("POST")
-
-            def do_DELETE(self) -> None:
-                self._serve("DELETE")
-
-            def _exec(self, path: str, query: dict[str, list[str]]) -> None:
-                if path != f"{PODS}/{cluster.pod}/exec":  # as the API server: 404 before any upgrade
-                    name = path.split("/")[-2]
-                    status = _status(404, "NotFound", f'pods "{name}" not found')
-                    self._send(404, "application/json", json.dumps(status).encode())
-                    return
-                assert query["container"] == ["compute"] and query["stdout"] == ["true"]
-                assert self.headers["Sec-WebSocket-Protocol"] == "v4.channel.k8s.io"
-                with cluster.lock:
-                    stdout, stderr, status = cluster.exec_output(query["command"])
-                key = self.headers["Sec-WebSocket-Key"]
-                accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
-                self.send_response(101, "Switching Protocols")
-                self.send_header("Upgrade", "websocket")
-                self.send_header("Connection", "Upgrade")
-                self.send_header("Sec-WebSocket-Accept", accept)
-                self.send_header("Sec-WebSocket-Protocol", "v4.channel.k8s.io")
-                self.end_headers()
-                out = stdout.encode()
-                half = len(out) // 2
-                frames = [
-                    _frame(0x2, b"\x01"),  # the server opens each channel with an empty message
-                    _frame(0x2, b"\x02"),
-                    _frame(0x2, b"\x01" + out[:half], fin=False),  # a fragmented message...
-                    _frame(0x9, b"ping"),  # ...with a ping in between, as RFC 6455 allows
-                    _frame(0x0, out[half:]),
-                    _frame(0x2, b"\x02" + stderr.encode()),
-                    _frame(0x2, b"\x03" + json.dumps(status).encode()),
-                    _frame(0x8, struct.pack(">H", 1000)),
-                ]
-                self.wfile.write(b"".join(frames))
-                self.wfile.flush()
-                self.close_connection = True
-
-        return Handler
-
-
-def _frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
-    """A server frame (unmasked)."""
-    head = bytes([(0x80 if fin else 0) | opcode])
-    if len(payload) < 126:
-        head += bytes([len(payload)])
-    elif len(payload) < 1 << 16:
-        head += bytes([126]) + struct.pack(">H", len(payload))
-    else:
-        head += bytes([127]) + struct.pack(">Q", len(payload))
-    return head + payload
 
 
 @pytest.fixture
@@ -413,12 +326,32 @@ def mshv_config(meminfo: Path, **overrides: Any) -> dict[str, Any]:
     return config
 
 
-def client_for(cluster: FakeCluster, retries: int = 2) -> KubeClient:
-    return KubeClient(Credentials(server=cluster.url, token=TOKEN), retries=retries, backoff_seconds=0)
+_CLIENTS: list[KubeClient] = []
 
 
-def benchmark(cluster: FakeCluster, config: dict[str, Any], **kwargs: Any) -> Benchmark:
-    return Benchmark(parse_config(config), client_for(cluster), run_id=RUN_ID, **kwargs)
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Every client a test opened is closed after it (its pooled connections with it)."""
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
+
+
+def open_test_client(access: Access, **options: Any) -> KubeClient:
+    client = open_client(access, **options)
+    _CLIENTS.append(client)
+    return client
+
+
+def client_for(cluster: FakeCluster, retries: int = 2, **options: Any) -> KubeClient:
+    access = Access(api_server=cluster.url, token_file=str(cluster.token_file))
+    return open_test_client(access, retries=retries, backoff_seconds=0, **options)
+
+
+def benchmark(
+    cluster: FakeCluster, config: dict[str, Any], *, client: KubeClient | None = None, **kwargs: Any
+) -> Benchmark:
+    return Benchmark(parse_config(config), client or client_for(cluster), run_id=RUN_ID, **kwargs)
 
 
 # --- the records, computed by hand from tests/data/cluster ----------------------------------------
@@ -835,9 +768,13 @@ def test_wrong_hypervisor_in_the_launcher_pod_aborts_the_run(mshv: FakeCluster) 
 def test_transient_api_errors_are_retried(kvm: FakeCluster) -> None:
     kvm.fail["node"] = [503, 429]
     kvm.fail["summary"] = [502]
-    summary = benchmark(kvm, kvm_config()).run()
+    pauses: list[float] = []
+    client = client_for(kvm, sleep=pauses.append)
+    summary = benchmark(kvm, kvm_config(), client=client).run()
     assert summary.measured == 1
     assert kvm.count("GET", "/api/v1/nodes/kvm-worker-1") == 3 + 3  # node: 2 failures + 1; summary: 1 + 2
+    # The 429's Retry-After (3 s) is honoured; the 5xx back off exponentially (from 0 s here).
+    assert pauses == [0.0, 3.0, 0.0]
 
 
 def test_deadline_stops_starting_samples(kvm: FakeCluster) -> None:
@@ -874,7 +811,7 @@ def test_dry_run_prints_the_vmis_without_a_cluster(tmp_path: Path) -> None:
 # --- pieces ---------------------------------------------------------------------------------------
 
 
-def test_exec_over_websocket_reports_output_and_failures(kvm: FakeCluster) -> None:
+def test_exec_over_websocket_reports_output_and_failures(kvm: FakeCluster, tmp_path: Path) -> None:
     client = client_for(kvm)
     kvm.vmi_alive = True
     ok = client.exec(NS, KVM_POD, "compute", ["ps", "-e", "-o", "rss=,args="])
@@ -882,66 +819,97 @@ def test_exec_over_websocket_reports_output_and_failures(kvm: FakeCluster) -> No
     failed = client.exec(NS, KVM_POD, "compute", ["nosuch", "--version"])
     assert not failed.ok and failed.status["reason"] == "NonZeroExitCode"
     assert failed.stderr == "nosuch: command not found\n"
-    with pytest.raises(ExecError, match="404"):
+    with pytest.raises(ExecError, match='404 NotFound: pods "no-such-pod" not found'):
         client.exec(NS, "no-such-pod", "compute", ["true"])
-    stranger = KubeClient(Credentials(server=kvm.url, token="wrong"), retries=0)
+    assert kvm.count("GET", f"{PODS}/no-such-pod/exec") == 1  # a refusal is not retried
+    wrong = tmp_path / "wrong-token"
+    wrong.write_text("wrong")
+    stranger = open_test_client(Access(api_server=kvm.url, token_file=str(wrong)), retries=0)
     with pytest.raises(ExecError, match="401"):
         stranger.exec(NS, KVM_POD, "compute", ["ps"])
+    # Refused before the upgrade with a 503: retried like any transient failure.
+    kvm.fail["exec:ps"] = []
+    busy = client_for(kvm)
+    before = kvm.count("GET", f"{PODS}/{KVM_POD}/exec")
+    kvm.api.route = _refuse_first_exec(kvm)
+    assert busy.exec(NS, KVM_POD, "compute", ["ps", "-e", "-o", "rss=,args="]).ok
+    assert kvm.count("GET", f"{PODS}/{KVM_POD}/exec") == before + 2
+
+
+def _refuse_first_exec(cluster: FakeCluster) -> Callable[[FakeRequest], Reply | Exec]:
+    refused: list[bool] = []
+
+    def route(request: FakeRequest) -> Reply | Exec:
+        if request.upgrade and not refused:
+            refused.append(True)
+            return Reply(503, status(503, "ServiceUnavailable", "the server is currently unable"))
+        return cluster.route(request)
+
+    return route
 
 
 def test_api_errors_carry_the_kubernetes_status(kvm: FakeCluster) -> None:
     client = client_for(kvm, retries=0)
     with pytest.raises(ApiError) as caught:
-        client.get_json(f"{VMIS}/nothing")
+        client.vmi(NS, "nothing")
     assert (caught.value.status, caught.value.reason) == (404, "NotFound")
-    assert client.delete(f"{VMIS}/nothing") is False
+    assert caught.value.message == 'virtualmachineinstances.kubevirt.io "nothing" not found'
+    assert client.delete_vmi(NS, "nothing") is False
     kvm.fail["node"] = [503]
     with pytest.raises(ApiError, match="503"):
-        client.get_json("/api/v1/nodes/kvm-worker-1")
-    unreachable = KubeClient(Credentials(server="http://127.0.0.1:9"), retries=1, backoff_seconds=0)
+        client.node("kvm-worker-1")
+    unreachable = open_test_client(Access(api_server="http://127.0.0.1:9"), retries=1, backoff_seconds=0)
     with pytest.raises(ApiError, match="Unreachable"):
-        unreachable.get_json("/api/v1/nodes")
+        unreachable.nodes()
 
 
-def test_credentials_in_cluster_and_from_a_kubeconfig(tmp_path: Path) -> None:
-    account = tmp_path / "sa"
-    account.mkdir()
-    (account / "token").write_text("first\n")
-    (account / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
-    env = {"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"}
-    creds = load_credentials(environ=env, service_account_dir=account)
-    assert creds.server == "https://[fd00::1]:6443" and creds.verify == str(account / "ca.crt")
-    assert creds.bearer() == "first"
-    (account / "token").write_text("rotated\n")  # bound tokens rotate: read again every time
-    assert creds.bearer() == "rotated"
-
-    kubeconfig = tmp_path / "config"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "current-context": "bench",
-                "contexts": [{"name": "bench", "context": {"cluster": "c", "user": "u"}}],
-                "clusters": [
-                    {
-                        "name": "c",
-                        "cluster": {
-                            "server": "https://api.example:6443/",
-                            "certificate-authority-data": base64.b64encode(b"PEM").decode(),
-                        },
-                    }
-                ],
-                "users": [{"name": "u", "user": {"token": "tok"}}],
-            }
+def test_cli_with_a_kubeconfig_client_certificate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Client certificates work end to end: a whole mshv run over TLS, no bearer token anywhere."""
+    ca = CertificateAuthority(tmp_path)
+    client = ca.client("bench-operator")
+    with FakeCluster("mshv", tmp_path, ca=ca) as mshv:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "current-context": "bench",
+                    "contexts": [{"name": "bench", "context": {"cluster": "c", "user": "u"}}],
+                    "clusters": [
+                        {
+                            "name": "c",
+                            "cluster": {
+                                "server": mshv.url,
+                                "certificate-authority-data": base64.b64encode(ca.cert_pem()).decode(),
+                            },
+                        }
+                    ],
+                    "users": [
+                        {
+                            "name": "u",
+                            "user": {"client-certificate": str(client.cert), "client-key": str(client.key)},
+                        }
+                    ],
+                }
+            )
         )
-    )
-    creds = load_credentials(kubeconfig=str(kubeconfig), environ={})
-    assert (creds.server, creds.bearer()) == ("https://api.example:6443", "tok")
-    assert Path(creds.ca_file).read_bytes() == b"PEM"
-    cert_only = yaml.safe_load(kubeconfig.read_text())
-    cert_only["users"][0]["user"] = {"client-certificate-data": "x", "client-key-data": "y"}
-    kubeconfig.write_text(yaml.safe_dump(cert_only))
-    with pytest.raises(ApiError, match="no bearer token"):
-        load_credentials(kubeconfig=str(kubeconfig), environ={})
+        config_file = tmp_path / "shapes.yaml"
+        config_file.write_text(yaml.safe_dump(mshv_config(mshv.meminfo)))
+        argv = ["--config", str(config_file), "--kubeconfig", str(kubeconfig), "--output", "-"]
+        assert cli.main(argv, environ={"NODE_NAME": "l1vh-worker-0"}) == 0
+        assert set(mshv.api.users) == {"bench-operator"}
+        assert any(path.endswith("/exec") or "/exec?" in path for _, path in mshv.requests)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["scope"] for r in lines] == ["pod", "node"]
+
+
+def test_cli_without_credentials_refuses_with_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config_file = tmp_path / "shapes.yaml"
+    config_file.write_text(yaml.safe_dump(kvm_config(output=str(tmp_path / "out.jsonl"))))
+    argv = ["--config", str(config_file), "--kubeconfig", str(tmp_path / "absent")]
+    assert cli.main(argv, environ={}) == 2
+    assert f"no Kubernetes credentials: no kubeconfig at {tmp_path / 'absent'}" in caplog.text
 
 
 def test_uploader_retries_transient_failures_only(tmp_path: Path) -> None:

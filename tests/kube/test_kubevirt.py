@@ -22,7 +22,16 @@ import pytest
 from overhead_service import config
 from overhead_service.kube import Access, KubeVirtConfig, KubeVirtConfigSource, choose_kubevirt
 from tests.support import ROOT
-from tests.support.kube import TOKEN, FakeApiServer, FakeKubeVirts, FakeRequest, Reply, Stream, kubevirt
+from tests.support.kube import (
+    TOKEN,
+    FakeApiServer,
+    FakeKubeVirts,
+    FakeRequest,
+    Reply,
+    Stream,
+    kubevirt,
+    wait_for,
+)
 
 GATES = {"developerConfiguration": {"featureGates": ["ConfigurableHypervisor"]}}
 RATIO = {"additionalGuestMemoryOverheadRatio": "1.5"}
@@ -68,18 +77,6 @@ def make_source(tmp_path: Path) -> Iterator[SourceFactory]:
         assert source.stop(), "the watch thread did not stop"
 
 
-def wait_for(source: KubeVirtConfigSource, what: Callable[[KubeVirtConfig], bool]) -> KubeVirtConfig:
-    """The first snapshot that satisfies ``what`` (polled; AssertionError after 10 s)."""
-    done = threading.Event()
-    snapshot = source.current()
-    for _ in range(1000):
-        snapshot = source.current()
-        if what(snapshot):
-            return snapshot
-        done.wait(0.01)
-    raise AssertionError(f"never reached: last snapshot {snapshot}")
-
-
 def synced(generation: int) -> Callable[[KubeVirtConfig], bool]:
     return lambda s: s.state == "watching" and s.generation == generation
 
@@ -102,7 +99,13 @@ print(json.dumps({"snapshot": source.current().describe(), "configuration": sour
 """
     env = dict(os.environ, OVERHEAD_KUBEVIRT_CONFIGURATION=json.dumps(RATIO | GATES))
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     answer = json.loads(result.stdout.splitlines()[-1])
     assert answer["configuration"] == RATIO | GATES
@@ -146,7 +149,9 @@ def test_list_then_watch_follows_every_change(
     assert second.configuration == GATES | RATIO and second.resource_version == "102"
 
     kubevirts.bookmark()  # no change, but proof the watch is alive: synced_at moves on
-    assert wait_for(source, lambda s: s.synced_at is not None and s.synced_at > second.synced_at)
+    before = second.synced_at
+    assert before is not None
+    assert wait_for(source, lambda s: s.synced_at is not None and s.synced_at > before)
     assert source.current().configuration == GATES | RATIO
 
     # A second CR that virt-operator has not taken on (no status.phase) changes nothing...

@@ -11,6 +11,7 @@ KubeVirt CRs: list and watch with resource versions, bookmarks, expiry (410) and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
@@ -26,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, Request
 
+from overhead_service.kube import KubeVirtConfig, KubeVirtConfigSource
 from tests.support.tls import KeyPair
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "Reply",
     "Stream",
     "status",
+    "wait_for",
 ]
 
 TOKEN: Final = "kube-token-for-tests"
@@ -65,7 +68,7 @@ class FakeRequest:
     path: str
     query: dict[str, list[str]]
     body: Any
-    headers: Mapping[str, str]
+    headers: Mapping[str, str]  # names in lower case
     user: str  # "token" for the bearer token, else the client certificate's CN
     upgrade: bool  # a WebSocket upgrade (pods/exec)
 
@@ -162,8 +165,8 @@ class FakeApiServer:
         if authorization.lower().startswith("bearer ") and authorization[7:].strip() in self.tokens:
             return "token"
         if isinstance(handler.request, ssl.SSLSocket):
-            peer = handler.request.getpeercert()
-            for rdn in (peer or {}).get("subject", ()):
+            peer: dict[str, Any] = dict(handler.request.getpeercert() or {})
+            for rdn in peer.get("subject", ()):
                 for key, value in rdn:
                     if key == "commonName":
                         return str(value)
@@ -191,10 +194,9 @@ class FakeApiServer:
                 super().setup()
 
             def handle(self) -> None:
-                try:
+                # A client that went away or failed the handshake is no error of the server's.
+                with contextlib.suppress(ssl.SSLError, ConnectionError, ValueError):
                     super().handle()
-                except (ssl.SSLError, ConnectionError, ValueError):
-                    pass  # a client that went away or failed the handshake
 
             def _serve(self) -> None:
                 parts = urlsplit(self.path)
@@ -212,7 +214,7 @@ class FakeApiServer:
                     path=parts.path,
                     query=parse_qs(parts.query),
                     body=json.loads(raw) if raw else None,
-                    headers={k: v for k, v in self.headers.items()},
+                    headers={k.lower(): v for k, v in self.headers.items()},
                     user=user,
                     upgrade=self.headers.get("Upgrade", "").lower() == "websocket",
                 )
@@ -335,9 +337,10 @@ class FakeKubeVirts:
 
     Changes (:meth:`put`, :meth:`delete`, :meth:`bookmark`) get increasing resource versions and
     reach open watches at once. A watch from a version below ``expired_before`` gets the API
-    server's ERROR event (410 Expired); :meth:`compact` brings that about. ``fail`` holds statuses to answer first, per ``"list"`` and
-    ``"watch"``; ``drop_after`` cuts the next watch after that many events. ``lists`` and
-    ``watches`` record the resource versions asked for.
+    server's ERROR event (410 Expired); :meth:`compact` brings that about. ``fail`` holds statuses
+    to answer first, per ``"list"`` and ``"watch"``; ``drop_after`` cuts the next watch after that
+    many events. ``lists`` records the namespace of each list, ``watches`` the resource version
+    each watch started from.
     """
 
     def __init__(self, server_closing: threading.Event | None = None) -> None:
@@ -456,3 +459,15 @@ class FakeKubeVirts:
                 since = int(event["object"]["metadata"]["resourceVersion"])
                 sent += 1
                 yield event
+
+
+def wait_for(source: KubeVirtConfigSource, what: Callable[[KubeVirtConfig], bool]) -> KubeVirtConfig:
+    """The first snapshot of ``source`` that satisfies ``what`` (polled; AssertionError after 10 s)."""
+    pause = threading.Event()
+    snapshot = source.current()
+    for _ in range(1000):
+        snapshot = source.current()
+        if what(snapshot):
+            return snapshot
+        pause.wait(0.01)
+    raise AssertionError(f"never reached: last snapshot {snapshot}")
