@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         "--api-server", default="", help="API server URL (else the pod's service account, else a kubeconfig)"
     )
     parser.add_argument("--token-file", default="", help="bearer token file for --api-server")
+    parser.add_argument("--ca-file", default="", help="CA bundle for --api-server (default: the system's)")
     parser.add_argument(
         "--kubeconfig",
         default="",
@@ -150,6 +151,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     access = Access(
         api_server=args.api_server,
         token_file=args.token_file,
+        ca_file=args.ca_file,
         kubeconfig=args.kubeconfig,
         context=args.context,
         environ=env,

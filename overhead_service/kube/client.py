@@ -1,8 +1,9 @@
 """The project's one door to the Kubernetes API: the official ``kubernetes`` client library, typed.
 
 This is the only module that imports ``kubernetes`` (checked by ``lint-imports``). The library is
-large (importing it takes about 0.4 s and 40 MiB) and, to mypy, untyped, so it is imported only when
-a caller needs the cluster, and only through the narrow typed surface below: credentials
+large (kubernetes 37: about 140 ms and 36 MiB to import into a fresh interpreter, 110 ms and 19 MiB
+into a worker that has the application loaded) and, to mypy, untyped, so it is imported only when a
+caller needs the cluster, and only through the narrow typed surface below: credentials
 (:func:`connect`), REST reads and writes, watches (:class:`WatchStream`) and ``pods/exec``.
 
 Answers are the JSON the API server sent, as dicts: the library's generated models are bypassed

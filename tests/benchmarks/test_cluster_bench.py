@@ -131,7 +131,7 @@ class FakeCluster:
         if ca is None:
             self.api = FakeApiServer(self.route)
         else:
-            self.api = FakeApiServer(self.route, tokens=(), tls=ca.server(), client_ca=ca.cert)
+            self.api = FakeApiServer(self.route, tls=ca.server(), client_ca=ca.cert)
         self.url = self.api.url
 
     @property
@@ -900,6 +900,27 @@ def test_cli_with_a_kubeconfig_client_certificate(tmp_path: Path, capsys: pytest
         assert any(path.endswith("/exec") or "/exec?" in path for _, path in mshv.requests)
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["scope"] for r in lines] == ["pod", "node"]
+
+
+def test_cli_over_https_with_a_token_file_and_a_ca_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca = CertificateAuthority(tmp_path)
+    config = mshv_config(tmp_path / "meminfo", pool={"hypervisor": "mshv", "node": "kvm-worker-1"})
+    (tmp_path / "meminfo").write_text("MemAvailable: 1 kB\n")
+    config_file = tmp_path / "shapes.yaml"
+    config_file.write_text(yaml.safe_dump(config | {"output": str(tmp_path / "out.jsonl")}))
+    with FakeCluster("kvm", tmp_path, ca=ca) as kvm:
+        argv = ["--config", str(config_file), "--api-server", kvm.url, "--token-file", str(kvm.token_file)]
+        # Refused after reading the node over TLS: the CA file made the server's certificate good.
+        assert cli.main([*argv, "--ca-file", str(ca.cert)], environ={"NODE_NAME": "kvm-worker-1"}) == 2
+        assert "kvm-worker-1 has no allocatable devices.kubevirt.io/mshv" in caplog.text
+        assert kvm.api.users == ["token"]
+        # Without it, the certificate is not trusted and nothing is read.
+        assert cli.main(argv, environ={"NODE_NAME": "kvm-worker-1"}) == 2
+        assert "cannot read the node: get nodes/kvm-worker-1: Unreachable" in caplog.text
+        assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+        assert kvm.api.users == ["token"] and kvm.count("POST", "/") == 0
 
 
 def test_cli_without_credentials_refuses_with_one_line(

@@ -130,6 +130,12 @@ def test_a_bad_setting_is_a_start_up_error_naming_it(value: str, message: str) -
     source = KubeVirtConfigSource.from_settings(settings)
     assert source.fixed and source.current().configuration == RATIO
     assert source.stop()  # nothing to stop
+    watched = KubeVirtConfigSource.from_settings(
+        config.resolve(environ={"OVERHEAD_KUBEVIRT_NAMESPACE": "kv"})
+    )
+    assert not watched.fixed and watched.namespace == "kv"  # not started: nothing asked yet
+    with pytest.raises(ValueError, match="config key KUBEVIRT_NAMESPACE must be a namespace name"):
+        config.resolve({"KUBEVIRT_NAMESPACE": 7})
 
 
 # --- list and watch --------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ def test_defaults_when_nothing_is_set() -> None:
         "ADMISSION_MODE": "shadow",
         "ADMISSION_UPSTREAM_TABLE": "kubevirt-v1.9.0",
         "KUBEVIRT_CONFIGURATION": None,
+        "KUBEVIRT_NAMESPACE": None,
     }
 
 
