@@ -375,11 +375,12 @@ class KubeApi:
         finally:
             websocket.setdefaulttimeout(previous)
         try:
-            return _collect(ws, operation, time.monotonic() + timeout, max_output)
+            result = _collect(ws, operation, time.monotonic() + timeout, max_output)
+            ws.close()  # the close handshake, unless the server closed first
         finally:
-            ws.close()  # a close handshake, unless the server closed first...
-            if ws.sock is not None:
-                ws.sock.shutdown()  # ...which leaves the socket open: close it either way
+            if ws.sock is not None:  # closed by the server, or given up on: no handshake
+                ws.sock.shutdown()
+        return result
 
     # --- plumbing --------------------------------------------------------------------------------
 

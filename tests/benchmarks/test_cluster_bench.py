@@ -836,6 +836,25 @@ def test_exec_over_websocket_reports_output_and_failures(kvm: FakeCluster, tmp_p
     assert kvm.count("GET", f"{PODS}/{KVM_POD}/exec") == before + 2
 
 
+def test_exec_that_times_out_is_not_retried(tmp_path: Path) -> None:
+    """A command may have run: running it again is not the client's call."""
+    release = threading.Event()
+
+    def route(request: FakeRequest) -> Reply | Exec:
+        return Exec(b"partial", b"", {"metadata": {}, "status": "Success"}, hold=release)
+
+    with FakeApiServer(route) as server:
+        token = tmp_path / "token"
+        token.write_text(TOKEN)
+        client = open_test_client(Access(api_server=server.url, token_file=str(token)), retries=3)
+        try:
+            with pytest.raises(ExecError, match="Timeout"):
+                client.exec(NS, KVM_POD, "compute", ["sleep", "60"], timeout_seconds=0.3)
+        finally:
+            release.set()
+        assert server.count("GET", f"{PODS}/{KVM_POD}/exec") == 1
+
+
 def _refuse_first_exec(cluster: FakeCluster) -> Callable[[FakeRequest], Reply | Exec]:
     refused: list[bool] = []
 

@@ -238,3 +238,19 @@ def test_a_broken_kubeconfig_is_one_clear_error(tmp_path: Path, ca: CertificateA
     ) as bad:
         connect(Access(kubeconfig=str(tmp_path / "bad")))
     assert "\n" not in str(bad.value)
+
+
+def test_kubeconfig_with_a_bearer_token_in_its_current_context(
+    tls_server: FakeApiServer, ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    kubeconfig = _kubeconfig(tmp_path / "config", tls_server.url, ca, {"token": TOKEN})
+    document = yaml.safe_load(kubeconfig.read_text())
+    document["current-context"] = "bench"
+    kubeconfig.write_text(yaml.safe_dump(document))
+    api = connect(Access(environ={"KUBECONFIG": str(kubeconfig)}))
+    try:
+        assert api.where == f"kubeconfig {kubeconfig}"
+        assert _list(api) == ["kubevirt"]
+    finally:
+        api.close()
+    assert tls_server.users == ["token"]

@@ -99,6 +99,7 @@ class Exec:
     stdout: bytes
     stderr: bytes
     status: dict[str, Any]
+    hold: threading.Event | None = None  # set: the command "runs" (no status) until it is set
 
 
 Route = Callable[[FakeRequest], Reply | Stream | Exec]
@@ -275,7 +276,7 @@ class FakeApiServer:
                 upgrade = next(e for e in ws.events() if isinstance(e, Request))
                 protocol = next((p for p in EXEC_PROTOCOLS if p in upgrade.subprotocols), None)
                 half = len(session.stdout) // 2
-                messages = [
+                running = [
                     AcceptConnection(subprotocol=protocol),
                     BytesMessage(b"\x01"),  # the server opens each channel with an empty message
                     BytesMessage(b"\x02"),
@@ -283,11 +284,16 @@ class FakeApiServer:
                     Ping(b"ping"),  # a control frame between the fragments, as RFC 6455 allows
                     BytesMessage(session.stdout[half:]),
                     BytesMessage(b"\x02" + session.stderr),
+                ]
+                ended = [
                     BytesMessage(b"\x03" + json.dumps(session.status).encode()),
                     CloseConnection(code=1000),
                 ]
-                self.wfile.write(b"".join(ws.send(message) for message in messages))
-                self.wfile.flush()
+                for messages in (running, ended):
+                    self.wfile.write(b"".join(ws.send(message) for message in messages))
+                    self.wfile.flush()
+                    if session.hold is not None and messages is running:
+                        session.hold.wait(10)
                 self.close_connection = True
                 # Wait for the client's close (or its end), as a server closing cleanly does.
                 self.connection.settimeout(5)
