@@ -53,6 +53,12 @@ class Resource:
     def __str__(self) -> str:
         return f"{self.plural}.{self.group}"
 
+    def at(self, namespace: str | None) -> tuple[str, ...]:
+        """The positional arguments of the library's custom-object calls, in a namespace or all."""
+        if namespace is None:
+            return (self.group, self.version, self.plural)
+        return (self.group, self.version, namespace, self.plural)
+
 
 KUBEVIRTS: Final = Resource("kubevirt.io", "v1", "kubevirts")
 VMIS: Final = Resource("kubevirt.io", "v1", "virtualmachineinstances")
@@ -158,17 +164,12 @@ class KubeApi:
     # --- core ------------------------------------------------------------------------------------
 
     def get_node(self, name: str, *, timeout: float) -> dict[str, Any]:
-        return self._json(
-            f"get nodes/{name}",
-            lambda: self._core.read_node(name, _preload_content=False, _request_timeout=timeout),
-        )
+        return self._json(f"get nodes/{name}", lambda: self._core.read_node(name, **_raw(timeout)))
 
     def list_nodes(self, *, label_selector: str = "", timeout: float) -> dict[str, Any]:
+        selector = label_selector or None
         return self._json(
-            "list nodes",
-            lambda: self._core.list_node(
-                label_selector=label_selector or None, _preload_content=False, _request_timeout=timeout
-            ),
+            "list nodes", lambda: self._core.list_node(label_selector=selector, **_raw(timeout))
         )
 
     def node_proxy(
@@ -199,26 +200,17 @@ class KubeApi:
         return self._json(f"get nodes/{node}/proxy/{path}", call)
 
     def list_pods(self, namespace: str, *, label_selector: str = "", timeout: float) -> dict[str, Any]:
+        selector = label_selector or None
         return self._json(
             f"list pods -n {namespace}",
-            lambda: self._core.list_namespaced_pod(
-                namespace,
-                label_selector=label_selector or None,
-                _preload_content=False,
-                _request_timeout=timeout,
-            ),
+            lambda: self._core.list_namespaced_pod(namespace, label_selector=selector, **_raw(timeout)),
         )
 
     def pod_log(self, namespace: str, name: str, *, container: str, tail_lines: int, timeout: float) -> str:
         response = self._call(
             f"get pods/{name}/log -n {namespace}",
             lambda: self._core.read_namespaced_pod_log(
-                name,
-                namespace,
-                container=container,
-                tail_lines=tail_lines,
-                _preload_content=False,
-                _request_timeout=timeout,
+                name, namespace, container=container, tail_lines=tail_lines, **_raw(timeout)
             ),
         )
         return bytes(response.data).decode("utf-8", errors="replace")
@@ -228,15 +220,7 @@ class KubeApi:
     def get_object(self, resource: Resource, namespace: str, name: str, *, timeout: float) -> dict[str, Any]:
         return self._json(
             f"get {resource}/{name} -n {namespace}",
-            lambda: self._custom.get_namespaced_custom_object(
-                resource.group,
-                resource.version,
-                namespace,
-                resource.plural,
-                name,
-                _preload_content=False,
-                _request_timeout=timeout,
-            ),
+            lambda: self._custom.get_namespaced_custom_object(*resource.at(namespace), name, **_raw(timeout)),
         )
 
     def list_objects(
@@ -245,28 +229,15 @@ class KubeApi:
         """The list (``items`` and ``metadata.resourceVersion``), in one namespace or (None) all."""
         selector = label_selector or None
         if namespace is None:
+            list_all = self._custom.list_cluster_custom_object
             return self._json(
                 f"list {resource} -A",
-                lambda: self._custom.list_cluster_custom_object(
-                    resource.group,
-                    resource.version,
-                    resource.plural,
-                    label_selector=selector,
-                    _preload_content=False,
-                    _request_timeout=timeout,
-                ),
+                lambda: list_all(*resource.at(None), label_selector=selector, **_raw(timeout)),
             )
+        list_in = self._custom.list_namespaced_custom_object
         return self._json(
             f"list {resource} -n {namespace}",
-            lambda: self._custom.list_namespaced_custom_object(
-                resource.group,
-                resource.version,
-                namespace,
-                resource.plural,
-                label_selector=selector,
-                _preload_content=False,
-                _request_timeout=timeout,
-            ),
+            lambda: list_in(*resource.at(namespace), label_selector=selector, **_raw(timeout)),
         )
 
     def create_object(
@@ -275,13 +246,7 @@ class KubeApi:
         return self._json(
             f"create {resource} -n {namespace}",
             lambda: self._custom.create_namespaced_custom_object(
-                resource.group,
-                resource.version,
-                namespace,
-                resource.plural,
-                dict(body),
-                _preload_content=False,
-                _request_timeout=timeout,
+                *resource.at(namespace), dict(body), **_raw(timeout)
             ),
         )
 
@@ -291,13 +256,7 @@ class KubeApi:
         return self._json(
             f"delete {resource}/{name} -n {namespace}",
             lambda: self._custom.delete_namespaced_custom_object(
-                resource.group,
-                resource.version,
-                namespace,
-                resource.plural,
-                name,
-                _preload_content=False,
-                _request_timeout=timeout,
+                *resource.at(namespace), name, **_raw(timeout)
             ),
         )
 
@@ -317,11 +276,9 @@ class KubeApi:
         """
         if namespace is None:
             func: Callable[..., Any] = self._custom.list_cluster_custom_object
-            args: tuple[str, ...] = (resource.group, resource.version, resource.plural)
             where = "-A"
         else:
             func = self._custom.list_namespaced_custom_object
-            args = (resource.group, resource.version, namespace, resource.plural)
             where = f"-n {namespace}"
         kwargs = {
             "resource_version": resource_version,
@@ -330,7 +287,7 @@ class KubeApi:
             # Connect, then each read: a silent connection is dead a little after the server's end.
             "_request_timeout": (connect_timeout, timeout_seconds + 30.0),
         }
-        return WatchStream(f"watch {resource} {where}", func, args, kwargs)
+        return WatchStream(f"watch {resource} {where}", func, resource.at(namespace), kwargs)
 
     # --- pods/exec -------------------------------------------------------------------------------
 
@@ -431,6 +388,11 @@ class WatchStream:
 
     def stop(self) -> None:
         self._watch.stop()
+
+
+def _raw(timeout: float) -> dict[str, Any]:
+    """The JSON as sent (no models), within ``timeout`` seconds."""
+    return {"_preload_content": False, "_request_timeout": timeout}
 
 
 def _collect(ws: Any, operation: str, deadline: float, max_output: int) -> ExecOutput:

@@ -226,7 +226,7 @@ class KubeVirtConfigSource:
 
                         api = connect(self.access)
                     self._cycle(api, watch)
-                    watch.failures = 0
+                    watch.failures = watch.expired = 0
                 except KubeApiError as err:
                     if self._stop.is_set():
                         break
