@@ -6,9 +6,13 @@ it holds, at once. :func:`config_source` picks one from the settings:
 
 - ``KUBEVIRT_CONFIGURATION`` set: that JSON object, fixed (:class:`StaticConfigSource`, state
   ``static``);
-- otherwise: none yet (:class:`MissingConfigSource`, state ``unavailable``): the webhook allows
-  every VMI unpatched and says why. A source that reads and watches the KubeVirt CR in the cluster
-  plugs in here (same protocol).
+- otherwise, with Kubernetes credentials at hand (the pod's service-account token, or a
+  kubeconfig): the KubeVirt CR read and watched in the cluster (:class:`WatchedConfigSource`; the
+  states are :mod:`overhead_service.kube`'s: ``not-yet-synced``, ``watching``, ``error: <why>``).
+  The watch starts here, in the process that builds the application (each gunicorn worker);
+  ``KUBEVIRT_NAMESPACE`` narrows it to one namespace;
+- otherwise: none (:class:`MissingConfigSource`, state ``unavailable``): the webhook allows
+  every VMI unpatched and says why.
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ import json
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
+from overhead_service.kube import Access, KubeVirtConfigSource
+
 __all__ = [
     "ConfigSource",
     "MissingConfigSource",
     "StaticConfigSource",
+    "WatchedConfigSource",
     "config_source",
     "parse_configuration",
 ]
@@ -70,10 +77,30 @@ class MissingConfigSource:
         return None, "unavailable"
 
 
-def config_source(settings: Mapping[str, Any]) -> ConfigSource:
-    """The source the settings ask for (``KUBEVIRT_CONFIGURATION``, already parsed by
-    :func:`overhead_service.config.resolve`)."""
+class WatchedConfigSource:
+    """The KubeVirt CR in the cluster, watched in a daemon thread: its configuration once listed
+    (kept while a later failure stops it from being refreshed; the state says so), else None."""
+
+    __slots__ = ("watch",)
+
+    def __init__(self, watch: KubeVirtConfigSource) -> None:
+        self.watch = watch
+
+    def current(self) -> tuple[dict[str, Any] | None, str]:
+        snapshot = self.watch.current()
+        return (snapshot.configuration if snapshot.usable else None), snapshot.state
+
+
+def config_source(settings: Mapping[str, Any], access: Access | None = None) -> ConfigSource:
+    """The source the settings ask for (``KUBEVIRT_CONFIGURATION``, ``KUBEVIRT_NAMESPACE``, already
+    parsed by :func:`overhead_service.config.resolve`) and the credentials allow (``access``,
+    default: found as :mod:`overhead_service.kube.access` says)."""
     configuration = settings.get("KUBEVIRT_CONFIGURATION")
     if configuration is not None:
         return StaticConfigSource(configuration)
-    return MissingConfigSource()
+    access = access or Access()
+    if not access.available():
+        return MissingConfigSource()
+    watch = KubeVirtConfigSource.from_settings(settings, access=access)
+    watch.start()  # now, so that the first VMIs find the configuration already synced
+    return WatchedConfigSource(watch)

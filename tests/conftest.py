@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,13 @@ BACKENDS = ("sqlite", "postgresql")
 
 @pytest.fixture(autouse=True)
 def _no_overhead_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests see only the settings they set: drop OVERHEAD_* inherited from the caller's shell."""
+    """Tests see only the settings they set: drop OVERHEAD_* inherited from the caller's shell, and
+    any Kubernetes credentials (a kubeconfig, a pod's service account), so that no application
+    watches a real cluster; a test that wants a (fake) cluster says so."""
     for key in config.KEYS:
         monkeypatch.delenv(config.ENV_PREFIX + key, raising=False)
+    monkeypatch.setenv("KUBECONFIG", os.devnull)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
 
 
 @pytest.fixture

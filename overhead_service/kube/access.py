@@ -18,6 +18,7 @@ even inside a pod.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,3 +40,27 @@ class Access:
     context: str = ""
     environ: Mapping[str, str] | None = None  # None: os.environ
     service_account_dir: Path = SERVICE_ACCOUNT_DIR
+
+    def env(self) -> Mapping[str, str]:
+        return os.environ if self.environ is None else self.environ
+
+    def in_pod(self) -> bool:
+        """Whether the pod's service account is the source (rule 2)."""
+        env = self.env()
+        return (
+            not (self.api_server or self.kubeconfig or self.context)
+            and bool(env.get("KUBERNETES_SERVICE_HOST"))
+            and (self.service_account_dir / "token").is_file()
+        )
+
+    def kubeconfig_paths(self) -> str:
+        """The kubeconfig files of rule 3, ``os.pathsep``-separated."""
+        home = Path.home() / ".kube" / "config"
+        return self.kubeconfig or self.env().get("KUBECONFIG", "") or str(home)
+
+    def available(self) -> bool:
+        """Whether any source applies (nothing is read but the files' existence): an explicit
+        server, the pod's service account, or an existing kubeconfig file."""
+        if self.api_server or self.in_pod():
+            return True
+        return any(Path(p).expanduser().is_file() for p in self.kubeconfig_paths().split(os.pathsep) if p)

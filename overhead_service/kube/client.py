@@ -16,7 +16,6 @@ for credentials), never a library exception. Nothing here retries on status code
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -97,7 +96,6 @@ def connect(access: Access, *, user_agent: str = USER_AGENT) -> KubeApi:
 
 def _configure(configuration: Any, access: Access) -> str:
     """Fill the library's Configuration from the first source that applies; describe it."""
-    env = os.environ if access.environ is None else access.environ
     if access.api_server:
         configuration.host = access.api_server.rstrip("/")
         if access.ca_file:
@@ -111,16 +109,15 @@ def _configure(configuration: Any, access: Access) -> str:
 
             configuration.refresh_api_key_hook = reread
         return f"API server {configuration.host}"
-    account = access.service_account_dir
-    in_pod = bool(env.get("KUBERNETES_SERVICE_HOST")) and (account / "token").is_file()
-    if in_pod and not (access.kubeconfig or access.context):
+    if access.in_pod():
+        account = access.service_account_dir
         loader = InClusterConfigLoader(
-            token_filename=str(account / "token"), cert_filename=str(account / "ca.crt"), environ=env
+            token_filename=str(account / "token"), cert_filename=str(account / "ca.crt"), environ=access.env()
         )
         loader.load_and_set(configuration)
         return f"service account at {configuration.host}"
-    paths = access.kubeconfig or env.get("KUBECONFIG", "") or str(Path.home() / ".kube" / "config")
-    if not any(Path(p).expanduser().is_file() for p in paths.split(os.pathsep) if p):
+    paths = access.kubeconfig_paths()
+    if not access.available():
         raise KubeError(
             f"no Kubernetes credentials: no kubeconfig at {paths}, and not in a pod with a service "
             "account (give an API server and a token file, or a kubeconfig)"

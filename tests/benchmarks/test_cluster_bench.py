@@ -57,6 +57,7 @@ from benchmarks.cluster.records import node_level
 from benchmarks.cluster.runner import Benchmark, PreflightError
 from benchmarks.cluster.upload import JsonLinesSink, Uploader, UploadError
 from benchmarks.cluster.vmi import MAX_USER_DATA, user_data, vmi_manifest, vmi_name
+from benchmarks.harness.tls import CertificateAuthority
 from benchmarks.harness.tokens import INGEST_TOKEN
 from overhead_service.calibration.fitting import sample_from_record, sample_vmi
 from overhead_service.calibration.records import validate_record
@@ -65,7 +66,6 @@ from overhead_service.model.vmi import extract_features
 from tests.conftest import AppFactory
 from tests.support import ROOT
 from tests.support.kube import TOKEN, Exec, FakeApiServer, FakeRequest, Reply, status
-from tests.support.tls import CertificateAuthority
 
 DATA = ROOT / "tests" / "data" / "cluster"
 DEPLOY = ROOT / "deploy" / "benchmark"

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from benchmarks.harness.tls import CertificateAuthority
 from overhead_service.kube import Access, KubeApiError, KubeError, KubeVirtConfigSource
 from overhead_service.kube.client import KUBEVIRTS, KubeApi, connect
 from tests.support.kube import (
@@ -26,7 +27,6 @@ from tests.support.kube import (
     kubevirt,
     wait_for,
 )
-from tests.support.tls import CertificateAuthority
 
 PS_OUTPUT = "  RSS ARGS\n 1024 /usr/bin/virt-launcher\n" * 200  # large enough for several frames
 

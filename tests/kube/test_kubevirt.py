@@ -19,8 +19,12 @@ from typing import Any
 
 import pytest
 
+from benchmarks.harness.reviews import admission_review, defaulted_vmi
 from overhead_service import config
+from overhead_service.clusterconfig import WatchedConfigSource, config_source
+from overhead_service.extensions import get_cluster_config
 from overhead_service.kube import Access, KubeVirtConfig, KubeVirtConfigSource, choose_kubevirt
+from tests.conftest import AppFactory
 from tests.support import ROOT
 from tests.support.kube import (
     TOKEN,
@@ -113,14 +117,9 @@ print(json.dumps({"snapshot": source.current().describe(), "configuration": sour
     assert answer["loaded"] is False
 
 
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        ("{not json", "environment variable OVERHEAD_KUBEVIRT_CONFIGURATION is not valid JSON"),
-        ('["a"]', "environment variable OVERHEAD_KUBEVIRT_CONFIGURATION must be a JSON object, got list"),
-    ],
-)
-def test_a_bad_setting_is_a_start_up_error_naming_it(value: str, message: str) -> None:
+@pytest.mark.parametrize("value", ["{not json", '["a"]'])
+def test_a_bad_setting_is_a_start_up_error_naming_it(value: str) -> None:
+    message = r"environment variable OVERHEAD_KUBEVIRT_CONFIGURATION must be a JSON object \(the KubeVirt CR"
     with pytest.raises(ValueError, match=message):
         config.resolve(environ={"OVERHEAD_KUBEVIRT_CONFIGURATION": value})
     with pytest.raises(ValueError, match="config key KUBEVIRT_CONFIGURATION must be a JSON object"):
@@ -315,3 +314,56 @@ def test_the_cr_chosen_is_an_active_one_the_oldest_first() -> None:
     assert choose_kubevirt([young, old, twin]) is twin  # same age: by namespace, then name
     assert choose_kubevirt([unclaimed, deleting]) is None
     assert choose_kubevirt([]) is None
+
+
+# --- the webhook's source --------------------------------------------------------------------------
+
+
+def _kubeconfig_for(server: FakeApiServer, path: Path) -> Path:
+    path.write_text(
+        json.dumps(
+            {
+                "current-context": "fake",
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+                "clusters": [{"name": "fake", "cluster": {"server": server.url}}],
+                "users": [{"name": "fake", "user": {"token": TOKEN}}],
+            }
+        )
+    )
+    return path
+
+
+def test_the_webhook_answers_with_the_watched_configuration(
+    apiserver: FakeApiServer,
+    kubevirts: FakeKubeVirts,
+    app_factory: AppFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Without KUBEVIRT_CONFIGURATION but with a kubeconfig, the app watches the CR (from its
+    creation) and each admission uses the configuration of the moment."""
+    ratio = {"additionalGuestMemoryOverheadRatio": "2"}
+    kubevirts.put(kubevirt(configuration=ratio, generation=2))
+    monkeypatch.setenv("KUBECONFIG", str(_kubeconfig_for(apiserver, tmp_path / "kubeconfig")))
+    app = app_factory()
+    source = get_cluster_config(app)
+    assert isinstance(source, WatchedConfigSource)
+    try:
+        wait_for(source.watch, synced(2))
+        assert source.current() == (ratio, "watching")
+        review = admission_review(defaulted_vmi(), uid="u1")
+        watched = app.test_client().post("/v1/admission/vmi", json=review).get_json()["response"]
+        # The same answer as with the configuration given by the setting...
+        static = app_factory(KUBEVIRT_CONFIGURATION=json.dumps(ratio))
+        expected = static.test_client().post("/v1/admission/vmi", json=review).get_json()["response"]
+        assert watched == expected and "patch" in watched
+        # ...and another once the CR changes.
+        kubevirts.put(kubevirt(configuration={}, generation=3))
+        wait_for(source.watch, synced(3))
+        changed = app.test_client().post("/v1/admission/vmi", json=review).get_json()["response"]
+        assert changed["patch"] != watched["patch"]
+    finally:
+        assert source.watch.stop()
+    # No credentials at all (the tests' default): no watch, no configuration.
+    monkeypatch.setenv("KUBECONFIG", os.devnull)
+    assert config_source(config.resolve(None, environ={})).current() == (None, "unavailable")

@@ -27,8 +27,8 @@ from urllib.parse import parse_qs, urlsplit
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, Request
 
+from benchmarks.harness.tls import KeyPair
 from overhead_service.kube import KubeVirtConfig, KubeVirtConfigSource
-from tests.support.tls import KeyPair
 
 __all__ = [
     "DROP",
