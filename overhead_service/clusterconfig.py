@@ -17,11 +17,11 @@ it holds, at once. :func:`config_source` picks one from the settings:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from overhead_service.kube import Access, KubeVirtConfigSource
+if TYPE_CHECKING:  # imported when a watch is wanted (config_source), not with this module
+    from overhead_service.kube import Access, KubeVirtConfigSource
 
 __all__ = [
     "ConfigSource",
@@ -29,7 +29,6 @@ __all__ = [
     "StaticConfigSource",
     "WatchedConfigSource",
     "config_source",
-    "parse_configuration",
 ]
 
 
@@ -40,20 +39,6 @@ class ConfigSource(Protocol):
     def current(self) -> tuple[dict[str, Any] | None, str]:
         """``(spec.configuration or None, state)``; the state is for logs and metrics."""
         ...
-
-
-def parse_configuration(value: Any, source: str) -> dict[str, Any]:
-    """A ``spec.configuration`` given as a JSON text (an environment variable) or already decoded."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError as err:
-            raise ValueError(
-                f"{source} must be a JSON object (the KubeVirt CR's spec.configuration): {err}"
-            ) from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{source} must be a JSON object (the KubeVirt CR's spec.configuration)")
-    return value
 
 
 class StaticConfigSource:
@@ -98,6 +83,8 @@ def config_source(settings: Mapping[str, Any], access: Access | None = None) -> 
     configuration = settings.get("KUBEVIRT_CONFIGURATION")
     if configuration is not None:
         return StaticConfigSource(configuration)
+    from overhead_service.kube import Access, KubeVirtConfigSource
+
     access = access or Access()
     if not access.available():
         return MissingConfigSource()

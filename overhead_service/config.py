@@ -33,12 +33,12 @@ current directory. Keys of the mapping that are not listed here (``TESTING`` …
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from overhead_service.clusterconfig import parse_configuration
 from overhead_service.logs import parse_level
 from overhead_service.model.admission import MODES as ADMISSION_MODES
 
@@ -120,6 +120,20 @@ def _number(value: Any, source: str, low: float, high: float) -> float:
     return float(value)
 
 
+def _json_object(value: Any, source: str) -> dict[str, Any] | None:
+    """None, or the KubeVirt CR's ``spec.configuration``: a JSON object (environment variables
+    arrive as JSON text)."""
+    what = f"{source} must be a JSON object (the KubeVirt CR's spec.configuration)"
+    if isinstance(value, str | bytes):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"{what}: not valid JSON: {exc}") from None
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"{what}, got {type(value).__name__}")
+    return value
+
+
 def resolve(
     config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
@@ -150,10 +164,9 @@ def resolve(
         raise ValueError(f"{sources['ADMISSION_MODE']} must be one of {', '.join(ADMISSION_MODES)}")
     if not isinstance(settings["ADMISSION_UPSTREAM_TABLE"], str) or not settings["ADMISSION_UPSTREAM_TABLE"]:
         raise ValueError(f"{sources['ADMISSION_UPSTREAM_TABLE']} must be a table id")
-    if settings["KUBEVIRT_CONFIGURATION"] is not None:
-        settings["KUBEVIRT_CONFIGURATION"] = parse_configuration(
-            settings["KUBEVIRT_CONFIGURATION"], sources["KUBEVIRT_CONFIGURATION"]
-        )
+    settings["KUBEVIRT_CONFIGURATION"] = _json_object(
+        settings["KUBEVIRT_CONFIGURATION"], sources["KUBEVIRT_CONFIGURATION"]
+    )
     namespace = settings["KUBEVIRT_NAMESPACE"] or None
     if namespace is not None and not isinstance(namespace, str):
         raise ValueError(f"{sources['KUBEVIRT_NAMESPACE']} must be a namespace name, got {namespace!r}")
