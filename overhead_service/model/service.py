@@ -40,9 +40,10 @@ import orjson
 from overhead_service.errors import InexactNumber, InputError, NotInTable, problem
 from overhead_service.model.engine import evaluate, parse_ratio
 from overhead_service.model.hypervisor import HypervisorDecision, NodeFacts, select
-from overhead_service.model.quantity import Quantity
+from overhead_service.model.quantity import ZERO, Quantity
 from overhead_service.model.tables import Model, TableRegistry
 from overhead_service.model.vmi import extract_features, memo_key, read_quantity
+from overhead_service.model.warnings import kubevirt_release, overhead_warnings
 
 __all__ = ["OverheadService"]
 
@@ -111,9 +112,12 @@ class _Cluster:
             hp = f"{p}.hypervisors[{index}]"
             if type(entry) is not dict:
                 raise InputError(hp, "must be an object")
-            if type(entry.get("name")) is not str or entry["name"] not in _CONFIGURED:
+            name = entry.get("name")
+            if name is not None and (type(name) is not str or name not in _CONFIGURED and name != ""):
                 raise InputError(f"{hp}.name", "must be one of kvm, hyperv-direct")
-            names.append(entry["name"])
+            # virt-config's JSON merge decodes entry 0 into the default entry ({name: kvm}) in place;
+            # an empty name is omitted on the way, so the default name stays.
+            names.append(name or "kvm")
         self.configured = names[0] if names else None
         self.bindings = self._bindings(config, p)
 
@@ -131,8 +135,10 @@ class _Cluster:
                 if overhead is None
                 else _object(overhead.get("requests"), f"{bp}.computeResourceOverhead.requests")
             )
-            if requests is None:
+            if not requests:  # an empty ResourceList is omitted by virt-config's JSON merge: nil
                 bindings[name] = None
+            elif "memory" in requests and requests["memory"] is None:
+                bindings[name] = ZERO  # a null Quantity is marshalled as "0" by the merge
             else:
                 # A missing key reads as Go's zero Quantity{} from the map.
                 bindings[name] = read_quantity(
@@ -178,7 +184,7 @@ class OverheadService:
         self.default_table = default_table
         self._active: dict[tuple[str, str], str] = {}
         self._generation = 0  # part of every memo key: answers never outlive an activation
-        self._models: dict[tuple[str, str, str], tuple[Model, dict[str, Any]]] = {}
+        self._models: dict[tuple[str, str, str], tuple[Model, dict[str, Any], str]] = {}
         # Answers by everything they depend on: virt-controller asks about the same few VMI shapes
         # (templates, instance types) again and again.  Bounded; emptied when full.
         self._memo: dict[bytes, dict[str, Any]] = {}
@@ -286,7 +292,7 @@ class OverheadService:
         table_id = _optional_string(body, "table", "table", 200)
         if table_id is None:
             table_id = self.table_for(decision[0].name, arch)
-        model, table_json = self._model(table_id, decision[0].name, arch)
+        model, table_json, release = self._model(table_id, decision[0].name, arch)
         result = evaluate(model, features, arch, cluster.ratio, cluster.bindings)
         return {
             "overhead": result.overhead.to_json(),
@@ -296,10 +302,18 @@ class OverheadService:
             "cpuArch": arch,
             "components": result.components,
             "nodeComponents": result.node_components,
+            "warnings": overhead_warnings(
+                features, decision[0].name, table_json, release, result.overhead, cluster.ratio
+            ),
         }
 
-    def _model(self, table_id: str, hypervisor: str, arch: str) -> tuple[Model, dict[str, Any]]:
-        """The model to evaluate and the answer's ``table`` entry, remembered per combination."""
+    def release_of(self, table_id: str) -> str:
+        """The KubeVirt version (``v1.9.0`` or ``main``) that goes with a table."""
+        return kubevirt_release(self.tables.get(table_id), self.tables)
+
+    def _model(self, table_id: str, hypervisor: str, arch: str) -> tuple[Model, dict[str, Any], str]:
+        """The model to evaluate, the answer's ``table`` entry and the table's KubeVirt version,
+        remembered per combination."""
         key = (table_id, hypervisor, arch)
         found = self._models.get(key)
         if found is None:
@@ -307,7 +321,7 @@ class OverheadService:
             model = table.model_for(hypervisor, arch)
             if model is None:
                 raise NotInTable("table", f"table {table.id!r} has no model for {hypervisor} on {arch!r}")
-            found = (model, {"id": table.id, "provisional": model.provisional})
+            found = (model, {"id": table.id, "provisional": model.provisional}, self.release_of(table.id))
             if len(self._models) < 1024:  # arch strings come from callers: keep the memo bounded
                 self._models[key] = found
         return found

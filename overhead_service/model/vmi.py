@@ -68,6 +68,12 @@ class VmiFeatures:
 
     flags: dict[str, bool]  # FEATURE_NAMES -> value, for table conditions
 
+    # Read for warnings only (they change no overhead): memory locking in virt-handler, and the
+    # first negative size KubeVirt refuses (the JSON path), None when there is none.
+    realtime: bool = False  # cpu.realtime is set
+    mem_lock_required: bool = False  # reservedOverhead.memLock is "Required"
+    negative: str | None = None
+
     @property
     def exec_probes(self) -> int:
         return int(self.liveness_exec) + int(self.readiness_exec)
@@ -174,7 +180,10 @@ def extract_features(vmi: Any) -> VmiFeatures:
     if cpu is not None and type(cpu) is not dict:
         raise _not_object(_C)
     vcpus = _vcpus(cpu, requests, limits)
-    dedicated = cpu is not None and read_bool(cpu, "dedicatedCpuPlacement", _C) is True
+    dedicated = realtime = False
+    if cpu is not None:
+        dedicated = read_bool(cpu, "dedicatedCpuPlacement", _C) is True
+        realtime = cpu.get("realtime") is not None and read_pointer(cpu, "realtime", _C) is not None
     # Memory given only as a limit counts as requested (the API server defaults it so).
     memory_guaranteed = mem_lim.unscaled != 0 if mem_req.unscaled == 0 else mem_req.cmp(mem_lim) == 0
     guaranteed = memory_guaranteed and cpu_req.unscaled != 0 and cpu_req.cmp(cpu_lim) == 0
@@ -206,6 +215,7 @@ def extract_features(vmi: Any) -> VmiFeatures:
         sev = read_pointer(launch, "snp", path) is not None or sev
 
     guest = reserved_overhead = None
+    mem_lock_required = False
     memory = domain.get("memory")
     if memory is not None:
         if type(memory) is not dict:
@@ -217,6 +227,7 @@ def extract_features(vmi: Any) -> VmiFeatures:
             added = reserved.get("addedOverhead")
             if added is not None:
                 reserved_overhead = read_quantity(added, f"{_M}.reservedOverhead.addedOverhead")
+            mem_lock_required = read_string(reserved, "memLock", f"{_M}.reservedOverhead") == "Required"
 
     downward = downward_metrics_volume(spec)
 
@@ -234,8 +245,13 @@ def extract_features(vmi: Any) -> VmiFeatures:
     elif type(architecture) is not str:
         raise InputError(f"{_S}.architecture", "must be a string")
 
+    negative = None
+    if mem_req.unscaled < 0 or mem_lim.unscaled < 0 or cpu_req.unscaled < 0 or cpu_lim.unscaled < 0:
+        negative = _first_negative(mem_req, mem_lim, cpu_req, cpu_lim)
     if guest is None:
         guest = mem_req if mem_req.unscaled != 0 else mem_lim
+    elif guest.unscaled < 0 and negative is None:
+        negative = f"{_M}.guest"
     flags = {
         "graphics": graphics,
         "vfio": vfio,
@@ -268,7 +284,16 @@ def extract_features(vmi: Any) -> VmiFeatures:
         passt,
         names,
         flags,
+        realtime,
+        mem_lock_required,
+        negative,
     )
+
+
+def _first_negative(*quantities: Quantity) -> str:
+    """The path of the first negative one of requests.memory, limits.memory, requests.cpu, limits.cpu."""
+    paths = (f"{_R}.requests.memory", f"{_R}.limits.memory", f"{_R}.requests.cpu", f"{_R}.limits.cpu")
+    return next(path for path, q in zip(paths, quantities, strict=True) if q.unscaled < 0)
 
 
 def downward_metrics_volume(spec: dict[str, Any]) -> bool:

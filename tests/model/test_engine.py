@@ -228,6 +228,10 @@ PLUGINS = {
     "nomem": {"sidecarImage": "y"},
     "cpuonly": {"computeResourceOverhead": {"requests": {"cpu": "100m"}}},
     "norequests": {"computeResourceOverhead": {}},
+    # virt-config's JSON merge drops an empty ResourceList (nil: the plugin is skipped) and
+    # marshals a null memory as "0"
+    "emptyrequests": {"computeResourceOverhead": {"requests": {}}},
+    "nullmemory": {"computeResourceOverhead": {"requests": {"memory": None}}},
     "null": None,
 }
 
@@ -255,6 +259,8 @@ NETWORK_CASES = [
     (("nomem",), None, "288Mi", BASE, 0),
     (("cpuonly",), None, "288Mi", BASE, 0),
     (("norequests",), None, "288Mi", BASE, 0),
+    (("emptyrequests",), None, "288Mi", BASE, 0),
+    (("nullmemory", "p1"), None, "388Mi", BASE + 100 * Mi, 100 * Mi),
     (("null",), None, "288Mi", BASE, 0),
     (("passt", "p1", "p2", "zzz", "p1"), None, "688Mi", BASE + 400 * Mi, 400 * Mi),
     # ratio 2 doubles 288Mi to 603,979,888; the network memory is added afterwards, unmultiplied

@@ -233,6 +233,21 @@ SERVICE_CASES = [
         ("kvm", "no-hypervisor-configured", "kvm", KVM_DEV),
         False,
     ),
+    # virt-config's JSON merge decodes entry 0 into the default {name: kvm}: an empty or missing
+    # name is omitted on the way, so the entry stays kvm
+    *[
+        (
+            {"kubevirtConfiguration": {**_config([CONF]), "hypervisors": [entry]}},
+            ("kvm", "hypervisor-configured", "kvm", KVM_DEV),
+            False,
+        )
+        for entry in ({}, {"name": ""}, {"name": None})
+    ],
+    (
+        {"kubevirtConfiguration": {**_config([CONF]), "hypervisors": [{}, {"name": "hyperv-direct"}]}},
+        ("kvm", "hypervisor-configured", "kvm", KVM_DEV),
+        False,
+    ),
     # hyperv-direct without the gate stays on kvm
     (
         {"kubevirtConfiguration": _config(None, ["hyperv-direct"])},
@@ -305,7 +320,7 @@ def test_service_selects_hypervisor(
             "kubevirtConfiguration.hypervisors[0].name",
         ),
         (
-            {"kubevirtConfiguration": {"hypervisors": [{"name": "kvm"}, {}]}},
+            {"kubevirtConfiguration": {"hypervisors": [{"name": "kvm"}, {"name": "xen"}]}},
             "kubevirtConfiguration.hypervisors[1].name",
         ),
         ({"kubevirtConfiguration": {"hypervisors": ["kvm"]}}, "kubevirtConfiguration.hypervisors[0]"),

@@ -166,6 +166,27 @@ def test_memory_overcommit_is_ignored_when_a_request_is_given() -> None:
     assert resources(body)[0]["memory"] == "1302Mi"
 
 
+@pytest.mark.parametrize(
+    "developer",
+    [
+        {"memoryOvercommit": 0, "cpuAllocationRatio": 0},
+        {"memoryOvercommit": None, "cpuAllocationRatio": None},
+        {},
+    ],
+)
+def test_zero_valued_configuration_keeps_the_defaults(developer: dict[str, Any]) -> None:
+    """virt-config merges the CR over its defaults through JSON, and both fields are ``omitempty``:
+    a 0 never arrives, so memoryOvercommit stays 100 and cpuAllocationRatio 10."""
+    body = {
+        "vmi": vmi(resources={}, memory={"guest": "1Gi"}),
+        "kubevirtConfiguration": {"developerConfiguration": developer},
+    }
+    requests, _ = resources(body)
+    assert requests["memory"] == resources({"vmi": body["vmi"]})[0]["memory"]
+    assert _value(requests["memory"]) == GI + OVERHEAD_NO_MEMORY_2CPU
+    assert requests["cpu"] == "200m"  # 2 vCPUs / 10
+
+
 # --- memory: hugepages --------------------------------------------------------------------------
 
 HUGEPAGES_CASES = [
@@ -231,14 +252,29 @@ def test_hugepages(
     assert limits.get("memory") == memory_limit
 
 
-def test_hugepages_memory_overcommit_does_not_divide_the_page_size() -> None:
+@pytest.mark.parametrize(
+    ("memory", "overcommit", "pages", "memory_request"),
+    [
+        # v1.9.0's WithMemoryRequests divides hugepages memory too: 1Gi x 100 / 150 = 715,827,882
+        # bytes, not a whole number of 2Mi pages; memory is the overhead (276Mi)
+        ({"guest": "1Gi"}, 150, "715827882", "276Mi"),
+        # below 100 the request exceeds the guest: hugepages hold the guest, the surplus
+        # 1,193,046,471 - 1Gi = 119,304,647 joins the overhead (289,406,976) in regular memory
+        ({"guest": "1Gi"}, 90, "1Gi", str(119_304_647 + OVERHEAD_NO_MEMORY_2CPU)),
+        # no guest: the page size, divided (2Mi x 100 / 200 = 1Mi, kept BinarySI)
+        ({}, 200, "1Mi", "276Mi"),
+        ({"guest": "1Gi"}, 100, "1Gi", "276Mi"),
+    ],
+)
+def test_hugepages_memory_overcommit_divides_the_memory(
+    memory: dict[str, str], overcommit: int, pages: str, memory_request: str
+) -> None:
     body = {
-        "vmi": vmi(resources={}, memory={"hugepages": {"pageSize": "2Mi"}, "guest": "1Gi"}),
-        "kubevirtConfiguration": {"developerConfiguration": {"memoryOvercommit": 150}},
+        "vmi": vmi(resources={}, memory={"hugepages": {"pageSize": "2Mi"}, **memory}),
+        "kubevirtConfiguration": {"developerConfiguration": {"memoryOvercommit": overcommit}},
     }
     requests, _ = resources(body)
-    # the guest becomes the request undivided; hugepages hold it; memory is the overhead (276Mi)
-    assert (requests["hugepages-2Mi"], requests["memory"]) == ("1Gi", "276Mi")
+    assert (requests["hugepages-2Mi"], requests["memory"]) == (pages, memory_request)
 
 
 # --- CPU ----------------------------------------------------------------------------------------
@@ -257,8 +293,8 @@ def test_hugepages_memory_overcommit_does_not_divide_the_page_size() -> None:
         ({"cores": 4294967295}, 1, "4294967295"),  # "4.294967295e+09"
         (None, 10, "100m"),  # no cpu struct: one vCPU
         ({"cores": 0}, 10, None),  # a present all-zero topology: no CPU request
-        ({"cores": 2}, 0, None),  # ratio 0 (or below): no CPU request
-        ({"cores": 2}, -4, None),
+        # 0 is omitted by virt-config's JSON merge (omitempty), so the default 10 stays
+        ({"cores": 2}, 0, "200m"),
     ],
 )
 def test_cpu_request_from_cpu_allocation_ratio(
@@ -601,8 +637,28 @@ def test_ephemeral_storage_and_other_vmi_entries() -> None:
             "namespace.resourceQuotaLimitsMemory",
         ),
         (
-            {"vmi": vmi(), "kubevirtConfiguration": {"developerConfiguration": {"memoryOvercommit": 0}}},
+            {"vmi": vmi(), "kubevirtConfiguration": {"developerConfiguration": {"memoryOvercommit": -1}}},
             "kubevirtConfiguration.developerConfiguration.memoryOvercommit",
+        ),
+        (
+            {"vmi": vmi(), "kubevirtConfiguration": {"developerConfiguration": {"cpuAllocationRatio": -4}}},
+            "kubevirtConfiguration.developerConfiguration.cpuAllocationRatio",
+        ),
+        (
+            {"vmi": vmi(resources={"requests": {"memory": "-1Gi"}})},
+            "vmi.spec.domain.resources.requests.memory",
+        ),
+        (
+            {"vmi": vmi(resources={"requests": {"memory": "1Gi"}, "limits": {"memory": "-0.5"}})},
+            "vmi.spec.domain.resources.limits.memory",
+        ),
+        (
+            {"vmi": vmi(resources={"requests": {"memory": "1Gi", "cpu": "-100m"}})},
+            "vmi.spec.domain.resources.requests.cpu",
+        ),
+        (
+            {"vmi": vmi(resources={"requests": {"memory": "1Gi"}, "limits": {"cpu": "-0.0001"}})},
+            "vmi.spec.domain.resources.limits.cpu",
         ),
         (
             {"vmi": vmi(), "kubevirtConfiguration": {"developerConfiguration": {"cpuAllocationRatio": "10"}}},
@@ -678,6 +734,8 @@ def test_go_format_g(value: float, text: str) -> None:
 # --- properties ---------------------------------------------------------------------------------
 
 MEMORY_TEXTS = ["512Mi", "1Gi", "1.5Gi", "2G", "3000M", "4096Mi", "123456789", "16Gi"]
+# Of those, the one Go's ParseQuantity keeps as an inf.Dec (a binary suffix with a fraction).
+DECIMAL_FORM = {"1.5Gi"}
 
 
 @st.composite
@@ -718,11 +776,19 @@ def test_property_memory_placement(body: dict[str, Any]) -> None:
     guest_request = _value(resources_spec["requests"]["memory"])
     hugepages = "memory" in domain
     dedicated = domain["cpu"]["dedicatedCpuPlacement"]
+    # dedicated CPUs copy the request into the limit; a decimal-form copy shares its value
+    shared = dedicated and not hugepages and resources_spec["requests"]["memory"] in DECIMAL_FORM
+    codes = {w["code"] for w in got["warnings"]}
+    assert ("shared-quantity-double-overhead" in codes) == shared
     if hugepages:
         size = domain["memory"]["hugepages"]["pageSize"]
         assert requests[f"hugepages-{size}"] == limits[f"hugepages-{size}"]
         assert _value(requests[f"hugepages-{size}"]) == guest_request
         assert _value(requests["memory"]) == overhead
+    elif shared:
+        twice = 1 if resources_spec["overcommitGuestOverhead"] else 2
+        assert requests["memory"] == limits["memory"]
+        assert _value(requests["memory"]) == guest_request + twice * overhead
     elif resources_spec["overcommitGuestOverhead"]:
         assert _value(requests["memory"]) == guest_request
     else:

@@ -14,6 +14,7 @@ from werkzeug.test import TestResponse
 from overhead_service.errors import PROBLEM_BASE
 from overhead_service.model.render import render
 from overhead_service.web.common import service
+from tests.support import DATA
 
 
 def assert_problem(response: TestResponse, status: int, path: str, kind: str) -> dict[str, Any]:
@@ -57,14 +58,14 @@ def test_quantity_as_a_json_number_is_read_exactly(client: FlaskClient, vmi: dic
 
 
 def test_bad_field_is_422_with_its_path(client: FlaskClient, vmi: dict[str, Any]) -> None:
-    body = {"vmi": vmi, "kubevirtConfiguration": {"developerConfiguration": {"memoryOvercommit": 0}}}
+    body = {"vmi": vmi, "kubevirtConfiguration": {"developerConfiguration": {"memoryOvercommit": -5}}}
     problem = assert_problem(
         client.post("/v1/render", json=body),
         422,
         "kubevirtConfiguration.developerConfiguration.memoryOvercommit",
         "invalid-input",
     )
-    assert "between 1 and" in problem["errors"][0]["message"]
+    assert "must not be negative" in problem["errors"][0]["message"]
 
 
 def test_unknown_table_is_422(client: FlaskClient, vmi: dict[str, Any]) -> None:
@@ -95,3 +96,24 @@ def test_get_is_405(client: FlaskClient) -> None:
     assert response.status_code == 405
     assert response.mimetype == "application/problem+json"
     assert "POST" in response.headers["Allow"]
+
+
+def test_render_vectors_answer_the_same_over_http(client: FlaskClient) -> None:
+    """A sample of upstream's render cases (every quirk case, every 10th other one), posted as raw
+    JSON lines: the HTTP answer has the expected resources and annotation."""
+    lines = (DATA / "vectors" / "render-kubevirt-v1.9.0.public.jsonl").read_text().splitlines()
+    sample = [
+        case
+        for index, case in enumerate(map(json.loads, lines))
+        if index % 10 == 0 or {"shared-quantity", "cpu-allocation-ratio-zero"} & set(case["tags"])
+    ]
+    assert len(sample) > 50
+    for case in sample:
+        raw = json.dumps(case["request"])
+        response = client.post("/v1/render", data=raw, content_type="application/json")
+        assert response.status_code == 200, (case["id"], response.get_data(as_text=True))
+        got = response.get_json()
+        expected = case["expected"]
+        assert got["resources"] == {"requests": expected["requests"], "limits": expected["limits"]}
+        assert got["annotations"] == case["expected"]["annotations"], case["id"]
+        assert type(got["warnings"]) is list
