@@ -6,6 +6,7 @@
     ├── InputError (ValueError)           the caller's data is wrong; carries the JSON path  -> 422
     │   ├── InvalidQuantity               not a Kubernetes quantity
     │   ├── InvalidRatio                  a ratio Go's ParseFloat rejects, not finite, or overflowing
+    │   ├── RejectedByKubeVirt            well formed, but KubeVirt refuses it (admission, virt-config)
     │   ├── InexactNumber                 a quantity arrived as a float: decode again exactly
     │   ├── UnknownTable (LookupError)    a table id that does not exist                      -> 404 / 422
     │   │   └── TableNotFound             ... named in the URL                                -> 404
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidRecords",
     "NothingToRollBack",
     "OverheadServiceError",
+    "RejectedByKubeVirt",
     "TableExists",
     "TableFormatError",
     "TableNotFound",
@@ -90,6 +92,14 @@ class InvalidRatio(InputError):
 
     kind = "invalid-ratio"
     title = "Invalid overhead ratio"
+
+
+class RejectedByKubeVirt(InputError):
+    """Well-formed input that KubeVirt itself refuses (its VMI admission, or virt-config, which
+    ignores such a configuration), so there is no pod to answer about."""
+
+    kind = "rejected-by-kubevirt"
+    title = "Rejected by KubeVirt"
 
 
 class InexactNumber(InvalidQuantity):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-from overhead_service.errors import InputError
+from overhead_service.errors import InputError, RejectedByKubeVirt
 from overhead_service.model.fields import EMPTY, read_bool, read_items, read_object, read_pointer, read_string
 from overhead_service.model.gofloat import GoFloatError, parse_go_float
 from overhead_service.model.quantity import MAX_INT64, MIN_INT64, Quantity
@@ -113,7 +113,7 @@ def _config_ratio(dev: dict[str, Any], key: str, default: int, what: str) -> int
     if value is None or value == 0:
         return default
     if value < 0:
-        raise InputError(
+        raise RejectedByKubeVirt(
             f"{DEV}.{key}",
             f"must not be negative: virt-config refuses a KubeVirt configuration with a negative "
             f"{what} and keeps using its last valid one, so the pod would depend on that history",
@@ -325,7 +325,7 @@ def check_admission(spec: RenderSpec) -> None:
     for name, key, scale, check in _SIGN_CHECKS:
         quantity = (spec.requests if key == "requests" else spec.limits).get(name)
         if quantity is not None and quantity.scaled_value(scale) < 0:
-            raise InputError(
+            raise RejectedByKubeVirt(
                 f"{V}.resources.{key}.{name}",
                 f"must be greater than or equal to 0: KubeVirt's VMI admission ({check}) rejects "
                 f"'{quantity}', so no pod is rendered",

@@ -48,6 +48,7 @@ __all__ = [
     "HYPERVISOR_DECISIONS",
     "MEASUREMENTS",
     "PROVISIONAL_ANSWERS",
+    "WARNINGS",
     "bp",
     "publish_active_tables",
 ]
@@ -83,6 +84,11 @@ PROVISIONAL_ANSWERS: Final = Counter(
     "overhead_provisional_answers",
     "Overhead answers computed from a provisional (unmeasured) model, by table and hypervisor.",
     ["table", "hypervisor"],
+)
+WARNINGS: Final = Counter(
+    "overhead_warnings",
+    "Warnings in answers (overhead, batch items, render), by code.",
+    ["code"],
 )
 MEASUREMENTS: Final = Counter(
     "overhead_measurements",

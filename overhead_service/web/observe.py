@@ -7,7 +7,8 @@ every log line written while the request is answered (:data:`overhead_service.lo
 The access line (logger ``overhead_service.access``) has ``method``, ``route`` (the URL rule
 template, or ``unmatched``), ``path``, ``status`` and ``duration_ms``; an overhead answer adds the
 hypervisor, its reason and the table (:func:`observe_answer`), a batch the counts per hypervisor,
-reason and table (:func:`observe_batch`), a problem document its type and the field paths. Its
+reason and table (:func:`observe_batch`) and the warning codes of the answer (counts per code for a
+batch), a problem document its type and the field paths. Its
 level is ``info``, ``warning`` for a hypervisor fallback (with a ``remediation`` hint from
 :data:`overhead_service.model.hypervisor.REMEDIATION`), ``error`` for a 5xx. gunicorn's own access log
 stays off, so there is one line per request.
@@ -41,6 +42,7 @@ from overhead_service.web.metrics import (
     HTTP_SECONDS,
     HYPERVISOR_DECISIONS,
     PROVISIONAL_ANSWERS,
+    WARNINGS,
 )
 
 __all__ = ["ACCESS_LOGGER", "HEADER", "init_app", "observe_answer", "observe_batch"]
@@ -84,12 +86,17 @@ def observe_answer(answer: Mapping[str, Any]) -> None:
     _child(ANSWERS, (table_id, name)).inc()
     if provisional:
         _child(PROVISIONAL_ANSWERS, (table_id, name)).inc()
+    warnings = answer["warnings"]
+    for warning in warnings:
+        _child(WARNINGS, (warning["code"],)).inc()
     context = CONTEXT.get()
     if context is not None:
         context["hypervisor"] = name
         context["hypervisor_reason"] = reason
         context["table"] = table_id
         context["provisional"] = provisional
+        if warnings:
+            context["warnings"] = [warning["code"] for warning in warnings]
         if reason in REMEDIATION:
             context["remediation"] = REMEDIATION[reason]
 
@@ -98,6 +105,7 @@ def observe_batch(items: Iterable[Mapping[str, Any]]) -> None:
     """Count every answer of a batch (problem documents in it are counted as problems only), and
     put the counts per hypervisor, reason and table on the current request's access line."""
     shapes: dict[tuple[str, str, str, bool], int] = {}
+    warned: dict[str, int] = {}
     problems = 0
     for item in items:
         decision = item.get("hypervisor")
@@ -107,9 +115,13 @@ def observe_batch(items: Iterable[Mapping[str, Any]]) -> None:
         table = item["table"]
         key = (decision["name"], decision["reason"], table["id"], bool(table["provisional"]))
         shapes[key] = shapes.get(key, 0) + 1
+        for warning in item["warnings"]:
+            warned[warning["code"]] = warned.get(warning["code"], 0) + 1
     hypervisors: dict[str, int] = {}
     reasons: dict[str, int] = {}
     tables: dict[str, int] = {}
+    for code, count in warned.items():
+        _child(WARNINGS, (code,)).inc(count)
     # One increment per distinct answer shape, not per item: a batch has up to 10,000 items.
     for (name, reason, table_id, provisional), count in shapes.items():
         _child(HYPERVISOR_DECISIONS, (name,)).inc(count)
@@ -130,6 +142,8 @@ def observe_batch(items: Iterable[Mapping[str, Any]]) -> None:
             "reasons": reasons,
             "tables": tables,
         }
+        if warned:
+            context["batch"]["warnings"] = warned
         remediation = {reason: REMEDIATION[reason] for reason in reasons if reason in REMEDIATION}
         if remediation:
             context["remediation"] = remediation

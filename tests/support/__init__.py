@@ -37,6 +37,7 @@ SEMANTIC_PROBLEMS = {
     PROBLEM_BASE + "invalid-ratio",
     PROBLEM_BASE + "not-enough-data",
     PROBLEM_BASE + "not-in-table",
+    PROBLEM_BASE + "rejected-by-kubevirt",  # negative requests/limits KubeVirt's admission refuses
 }
 SEMANTIC_RECORD_MESSAGES = (
     "must equal rawBytes - guestTouchedBytes",

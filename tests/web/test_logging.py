@@ -175,7 +175,20 @@ def test_an_overhead_answer_line(client: FlaskClient, lines: Lines) -> None:
     assert line["provisional"] is False
     assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
     assert "remediation" not in line
+    assert "warnings" not in line  # nothing to say
     assert line["message"] == "POST /v1/overhead 200"
+
+
+def test_an_answer_with_warnings_lists_their_codes(client: FlaskClient, lines: Lines) -> None:
+    shared = {"spec": {"domain": {"resources": {"limits": {"memory": "1.5Gi"}}}}}
+    client.post("/v1/render", json={"vmi": shared, "hypervisor": "mshv"})
+    line = only_access_line(lines)
+    assert line["warnings"] == [
+        "provisional-model",
+        "no-launcher-headroom",
+        "shared-quantity-double-overhead",
+    ]
+    assert line["level"] == "info"  # warnings are about the VMI, not the service
 
 
 def test_a_fallback_line_says_what_to_fix(client: FlaskClient, lines: Lines) -> None:
@@ -217,6 +230,7 @@ def test_a_batch_line_has_the_counts(client: FlaskClient, lines: Lines) -> None:
         "hypervisors": {"kvm": 3, "mshv": 1},
         "reasons": {"feature-gate-disabled": 2, "requested": 1, "mshv-device-unavailable": 1},
         "tables": {"kubevirt-v1.9.0": 4},
+        "warnings": {"provisional-model": 1},
     }
     assert line["level"] == "warning"
     assert line["remediation"] == {"mshv-device-unavailable": REMEDIATION["mshv-device-unavailable"]}

@@ -34,6 +34,7 @@ AGREED = {
     "overhead_http_request_duration_seconds": "histogram",
     "overhead_answers": "counter",
     "overhead_provisional_answers": "counter",
+    "overhead_warnings": "counter",
     "overhead_measurements": "counter",
     "overhead_fits": "counter",
     "overhead_fit_duration_seconds": "histogram",
@@ -308,3 +309,23 @@ def test_every_gauge_drops_dead_workers() -> None:
     """livemax: a restarted worker's files replace the dead one's instead of adding to them."""
     for gauge in (metrics.ACTIVE_TABLE, metrics.COVERAGE, metrics.COVERAGE_TARGET):
         assert gauge._multiprocess_mode == "livemax"
+
+
+# Each warning code and a request that gets it (over HTTP: overhead, or render for the render-only ones).
+HEADROOM = {"spec": {"domain": {"resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "2Gi"}}}}}
+SHARED = {"spec": {"domain": {"resources": {"limits": {"memory": "1.5Gi"}}}}}
+
+
+def test_warnings_are_counted_by_code(client: FlaskClient) -> None:
+    before = scrape(client)
+    overhead(client, hypervisor="mshv")  # provisional-model
+    client.post("/v1/overhead", json={"vmi": HEADROOM})  # no-launcher-headroom
+    response = client.post("/v1/render", json={"vmi": SHARED})  # no-launcher-headroom + shared
+    assert response.status_code == 200
+    items = [{"vmi": HEADROOM}, {"vmi": HEADROOM, "hypervisor": "mshv"}, {"vmi": VMI}, {"vmi": []}]
+    assert client.post("/v1/overhead/batch", json={"items": items}).status_code == 200
+    after = scrape(client)
+    assert delta(before, after, "overhead_warnings_total", code="provisional-model") == 2
+    assert delta(before, after, "overhead_warnings_total", code="no-launcher-headroom") == 4
+    assert delta(before, after, "overhead_warnings_total", code="shared-quantity-double-overhead") == 1
+    assert delta(before, after, "overhead_warnings_total", code="request-below-guest-memory") == 0

@@ -311,7 +311,10 @@ def test_bad_ratio_is_422_naming_the_ratio(client: FlaskClient, ratio: Any) -> N
             {"kubevirtConfiguration": {"hypervisors": [{"name": {}}]}},
             "kubevirtConfiguration.hypervisors[0].name",
         ),
-        ({"kubevirtConfiguration": {"hypervisors": [{"name": "KVM"}]}}, "kubevirtConfiguration.hypervisors[0].name"),
+        (
+            {"kubevirtConfiguration": {"hypervisors": [{"name": "KVM"}]}},
+            "kubevirtConfiguration.hypervisors[0].name",
+        ),
         (
             {"kubevirtConfiguration": {"developerConfiguration": {"featureGates": "ConfigurableHypervisor"}}},
             "kubevirtConfiguration.developerConfiguration.featureGates",
