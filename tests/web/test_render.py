@@ -63,7 +63,7 @@ def test_bad_field_is_422_with_its_path(client: FlaskClient, vmi: dict[str, Any]
         client.post("/v1/render", json=body),
         422,
         "kubevirtConfiguration.developerConfiguration.memoryOvercommit",
-        "invalid-input",
+        "rejected-by-kubevirt",
     )
     assert "must not be negative" in problem["errors"][0]["message"]
 
