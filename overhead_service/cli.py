@@ -1,5 +1,5 @@
 """The ``overhead-service`` command: ``serve``, ``init-db``, ``compute FILE``, ``render FILE``,
-``tables`` and ``report``.
+``tables``, ``report`` and ``node-check``.
 
 ``compute`` prints exactly the JSON that ``POST /v1/overhead`` answers for the same input (``render``
 what ``POST /v1/render`` answers), and a bad input prints the same problem document (to stderr,
@@ -20,7 +20,7 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from overhead_service import config as settings
-from overhead_service import jsonio, multiproc
+from overhead_service import jsonio, multiproc, nodecheck
 from overhead_service.calibration.fitting import SampleArrays
 from overhead_service.calibration.records import parse_timestamp, validate_record
 from overhead_service.calibration.report import UPSTREAM_TABLE, default_target, render_report
@@ -152,6 +152,31 @@ def render(file: IO[bytes]) -> None:
     except InputError as error:
         _fail(error)
     click.echo(jsonio.dumps(answer))
+
+
+@main.command("node-check", short_help="Inspect this node for mshv (L1VH) and kvm.")
+@click.option("--json", "as_json", is_flag=True, help="Print the node object requests accept.")
+@click.option(
+    "--root",
+    default="/",
+    show_default=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="The host's / (in a container that mounts it): files are read and commands run there.",
+)
+@click.option(
+    "--recorded",
+    type=click.Path(exists=True, file_okay=False),
+    help="Answer the QEMU/libvirt probes from outputs recorded in this directory (<probe>.rc/.out/.err).",
+)
+def node_check(as_json: bool, root: str, recorded: str | None) -> None:
+    """Check /dev/mshv and /dev/kvm (present, missing, permission denied), the mshv_root and kvm
+    modules, the L1VH partition, QEMU's mshv accelerator, libvirt's type='hyperv', this process's
+    memlock limit, the cgroup version and hugepages. --json prints exactly the node object that
+    POST /v1/overhead and /v1/render accept."""
+    live = nodecheck.SubprocessRunner(root)
+    run: nodecheck.CommandRunner = nodecheck.RecordedRunner(recorded, live) if recorded else live
+    node, notes = nodecheck.inspect_node(nodecheck.HostFileSystem(root), run, nodecheck.memlock_limits)
+    click.echo(jsonio.dumps(node) if as_json else nodecheck.format_table(node, notes))
 
 
 @main.command()

@@ -14,8 +14,11 @@ requests the device resource only when emulation is not allowed, as virt-control
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from overhead_service.errors import InputError
 
 __all__ = [
     "FALLBACK_REASONS",
@@ -25,6 +28,7 @@ __all__ = [
     "HypervisorDecision",
     "NodeFacts",
     "Reason",
+    "read_node",
     "select",
 ]
 
@@ -64,11 +68,28 @@ FALLBACK_REASONS: Final = frozenset(REMEDIATION)
 
 @dataclass(frozen=True, slots=True)
 class NodeFacts:
-    """What is known of the target node; None means unknown (assumed present)."""
+    """What is known of the target node; None means unknown (assumed present).
+
+    ``mshv_available`` / ``kvm_available``: the device file exists on the node. The other fields are
+    what ``overhead-service node-check`` reports besides (:mod:`overhead_service.nodecheck`); no
+    decision reads them, so equality and hashing ignore them (decisions are memoised by node facts).
+    """
 
     mshv_available: bool | None = None
     kvm_available: bool | None = None
     emulation_allowed: bool = False
+    device_status: Mapping[str, str] = field(default_factory=dict, compare=False)  # mshv/kvm -> status
+    modules: Mapping[str, bool] = field(default_factory=dict, compare=False)  # mshv_root/kvm -> loaded
+    l1vh_partition: bool | None = field(default=None, compare=False)
+    qemu_version: str | None = field(default=None, compare=False)
+    qemu_mshv_accelerator: bool | None = field(default=None, compare=False)
+    libvirt_version: str | None = field(default=None, compare=False)
+    libvirt_hyperv_domain: bool | None = field(default=None, compare=False)
+    memlock_soft_bytes: int | None = field(default=None, compare=False)  # None: unlimited or unknown
+    cgroup_version: int | None = field(default=None, compare=False)
+    hugepages: Mapping[str, tuple[int, int]] = field(
+        default_factory=dict, compare=False
+    )  # size -> total, free
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,3 +150,97 @@ def select(
             domain_type, reason = "qemu", Reason.EMULATION
         return HypervisorDecision(name, reason, domain_type, None)
     return HypervisorDecision(name, reason, domain_type, f"devices.kubevirt.io/{device}")
+
+
+# --- the request's ``node`` object ----------------------------------------------------------------
+
+DEVICE_STATUSES: Final = ("present", "missing", "permission-denied", "not-a-device", "error")
+_DEVICES: Final = {"mshv": "mshvAvailable", "kvm": "kvmAvailable"}
+
+
+def _typed(parent: Mapping[str, Any], key: str, path: str, kind: type, what: str) -> Any:
+    value = parent.get(key)
+    if value is not None and type(value) is not kind:
+        raise InputError(f"{path}.{key}", f"must be {what} or null")
+    return value
+
+
+def _section(parent: Mapping[str, Any], key: str, path: str = "node") -> dict[str, Any]:
+    value = parent.get(key)
+    if value is None:
+        return {}
+    if type(value) is not dict:
+        raise InputError(f"{path}.{key}", "must be an object or null")
+    return value
+
+
+def _count(parent: Mapping[str, Any], key: str, path: str) -> int | None:
+    value = parent.get(key)
+    if value is not None and (type(value) is not int or value < 0):
+        raise InputError(f"{path}.{key}", "must be a non-negative integer or null")
+    return value
+
+
+def read_node(body: Mapping[str, Any], use_emulation: bool) -> NodeFacts:
+    """The request's ``node`` object (``overhead-service node-check --json`` prints one), validated.
+
+    ``emulationAllowed`` or the cluster's ``useEmulation`` allows emulation. ``mshvAvailable`` and
+    ``kvmAvailable`` decide; node-check derives them from the device statuses (present or
+    permission denied: the file exists), which are informational here like everything else.
+    """
+    available = {key: _typed(body, key, "node", bool, "a boolean") for key in _DEVICES.values()}
+    statuses = {}
+    devices = _section(body, "devices")
+    for name, device in devices.items():
+        path = f"node.devices.{name}"
+        if name not in _DEVICES:
+            raise InputError(path, "unknown device; known: kvm, mshv")
+        device = _section(devices, name, "node.devices")
+        for key in ("path", "remediation"):
+            _typed(device, key, path, str, "a string")
+        status = _typed(device, "status", path, str, "a string")
+        if status is None:
+            continue
+        if status not in DEVICE_STATUSES:
+            raise InputError(f"{path}.status", f"must be one of {', '.join(DEVICE_STATUSES)}")
+        statuses[name] = status
+    modules = _section(body, "modules")
+    for name in modules:
+        _typed(modules, name, "node.modules", bool, "a boolean")
+    qemu, libvirt, memlock = _section(body, "qemu"), _section(body, "libvirt"), _section(body, "memlock")
+    for key in ("binary", "version"):
+        _typed(qemu, key, "node.qemu", str, "a string")
+    accelerators = _typed(qemu, "accelerators", "node.qemu", list, "an array of strings")
+    if accelerators is not None and any(type(item) is not str for item in accelerators):
+        raise InputError("node.qemu.accelerators", "must be an array of strings or null")
+    for key in ("version", "detail"):
+        _typed(libvirt, key, "node.libvirt", str, "a string")
+    cgroup = body.get("cgroupVersion")
+    if cgroup is not None and (type(cgroup) is not int or cgroup not in (1, 2)):
+        raise InputError("node.cgroupVersion", "must be 1, 2 or null")
+    _count(memlock, "hardBytes", "node.memlock")
+    return NodeFacts(
+        mshv_available=available["mshvAvailable"],
+        kvm_available=available["kvmAvailable"],
+        emulation_allowed=bool(_typed(body, "emulationAllowed", "node", bool, "a boolean")) or use_emulation,
+        device_status=statuses,
+        modules={name: loaded for name, loaded in modules.items() if loaded is not None},
+        l1vh_partition=_typed(body, "l1vhPartition", "node", bool, "a boolean"),
+        qemu_version=qemu.get("version"),
+        qemu_mshv_accelerator=_typed(qemu, "mshvAccelerator", "node.qemu", bool, "a boolean"),
+        libvirt_version=libvirt.get("version"),
+        libvirt_hyperv_domain=_typed(libvirt, "hypervDomain", "node.libvirt", bool, "a boolean"),
+        memlock_soft_bytes=_count(memlock, "softBytes", "node.memlock"),
+        cgroup_version=cgroup,
+        hugepages=_hugepages(body),
+    )
+
+
+def _hugepages(body: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    pages = {}
+    sizes = _section(body, "hugepages")
+    for size in sizes:
+        path = f"node.hugepages.{size}"
+        entry = _section(sizes, size, "node.hugepages")
+        pages[size] = (_count(entry, "total", path) or 0, _count(entry, "free", path) or 0)
+    return pages

@@ -12,7 +12,8 @@ Request (a decoded JSON object)::
                                "developerConfiguration": {"featureGates": [...], "useEmulation": false},
                                "hypervisors": [{"name": "hyperv-direct"}],
                                "network": {"binding": {...}}},
-     "node": {"mshvAvailable": true, "kvmAvailable": true, "emulationAllowed": false},
+     "node": {"mshvAvailable": true, "kvmAvailable": true, "emulationAllowed": false,
+              ...what overhead-service node-check --json prints besides (informational)},
      "table": "kubevirt-v1.9.0"}
 
 Answer::
@@ -39,7 +40,7 @@ import orjson
 
 from overhead_service.errors import InexactNumber, InputError, NotInTable, problem
 from overhead_service.model.engine import evaluate, parse_ratio
-from overhead_service.model.hypervisor import HypervisorDecision, NodeFacts, select
+from overhead_service.model.hypervisor import HypervisorDecision, NodeFacts, read_node, select
 from overhead_service.model.quantity import ZERO, Quantity
 from overhead_service.model.tables import Model, TableRegistry
 from overhead_service.model.vmi import extract_features, memo_key, read_quantity
@@ -268,13 +269,7 @@ class OverheadService:
         if node_body is None and not cluster.use_emulation:
             node = _NO_NODE
         else:
-            node_body = _object(node_body, "node") or {}
-            node = NodeFacts(
-                mshv_available=_optional_bool(node_body, "mshvAvailable", "node.mshvAvailable"),
-                kvm_available=_optional_bool(node_body, "kvmAvailable", "node.kvmAvailable"),
-                emulation_allowed=bool(_optional_bool(node_body, "emulationAllowed", "node.emulationAllowed"))
-                or cluster.use_emulation,
-            )
+            node = read_node(_object(node_body, "node") or {}, cluster.use_emulation)
         requested = _optional_string(body, "hypervisor", "hypervisor", 32)
         if requested is None:
             requested = "auto"

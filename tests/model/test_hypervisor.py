@@ -21,6 +21,7 @@ from overhead_service.model.hypervisor import (
     HypervisorDecision,
     NodeFacts,
     Reason,
+    read_node,
     select,
 )
 from overhead_service.model.service import OverheadService
@@ -351,3 +352,62 @@ def test_service_hypervisor_errors(service: OverheadService, body: dict[str, Any
     with pytest.raises(InputError) as raised:
         service.compute({"vmi": VMI, **body})
     assert raised.value.path == path
+
+
+# --- the node object node-check prints ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("node", "path"),
+    [
+        ({"devices": {"xen": {}}}, "node.devices.xen"),
+        ({"devices": {"mshv": []}}, "node.devices.mshv"),
+        ({"devices": {"mshv": {"status": "gone"}}}, "node.devices.mshv.status"),
+        ({"devices": {"kvm": {"remediation": 1}}}, "node.devices.kvm.remediation"),
+        ({"modules": {"kvm": "yes"}}, "node.modules.kvm"),
+        ({"l1vhPartition": "no"}, "node.l1vhPartition"),
+        ({"qemu": {"accelerators": ["tcg", 1]}}, "node.qemu.accelerators"),
+        ({"qemu": {"mshvAccelerator": 1}}, "node.qemu.mshvAccelerator"),
+        ({"libvirt": {"hypervDomain": "true"}}, "node.libvirt.hypervDomain"),
+        ({"memlock": {"softBytes": -1}}, "node.memlock.softBytes"),
+        ({"memlock": {"hardBytes": 1.5}}, "node.memlock.hardBytes"),
+        ({"cgroupVersion": 3}, "node.cgroupVersion"),
+        ({"hugepages": {"2Mi": {"total": "4"}}}, "node.hugepages.2Mi.total"),
+        ({"hugepages": {"2Mi": 4}}, "node.hugepages.2Mi"),
+    ],
+)
+def test_node_check_fields_are_validated(service: OverheadService, node: dict[str, Any], path: str) -> None:
+    with pytest.raises(InputError) as raised:
+        service.compute({"vmi": VMI, "node": node})
+    assert raised.value.path == path
+
+
+def test_node_check_fields_change_no_decision(service: OverheadService) -> None:
+    informational = {
+        "devices": {"mshv": {"path": "/dev/mshv", "status": "missing", "remediation": "load it"}},
+        "modules": {"mshv_root": False, "kvm": None},
+        "l1vhPartition": None,
+        "qemu": {
+            "binary": "/usr/libexec/qemu-kvm",
+            "version": "10.1.0",
+            "accelerators": [],
+            "mshvAccelerator": False,
+        },
+        "libvirt": {"version": "11.10.0", "hypervDomain": False, "detail": "refused"},
+        "memlock": {"softBytes": 8388608, "hardBytes": None},
+        "cgroupVersion": 2,
+        "hugepages": {"2Mi": {"total": 4, "free": 4}},
+    }
+    l1vh = {"developerConfiguration": {"featureGates": [L1VH]}}
+    plain = service.compute({"vmi": VMI, "kubevirtConfiguration": l1vh, "node": {"mshvAvailable": True}})
+    full = service.compute(
+        {"vmi": VMI, "kubevirtConfiguration": l1vh, "node": {"mshvAvailable": True, **informational}}
+    )
+    assert full == plain  # mshvAvailable decides, even against a device status (informational)
+    facts = read_node({"mshvAvailable": True, **informational}, use_emulation=False)
+    assert facts == NodeFacts(mshv_available=True) and hash(facts) == hash(NodeFacts(mshv_available=True))
+    assert (facts.device_status, facts.modules, facts.cgroup_version) == (
+        {"mshv": "missing"},
+        {"mshv_root": False},
+        2,
+    )
