@@ -61,6 +61,7 @@ The answer::
                    "limits": {"devices.kubevirt.io/kvm": "1", "devices.kubevirt.io/tun": "1", ...}},
      "annotations": {"kubevirt.io/memory-overhead-bytes": "283115520"},
      "overhead": {...}, "hypervisor": {...}, "table": {...}, "cpuArch": "amd64",
+     "memlock": {...the RLIMIT_MEMLOCK virt-handler sets, overhead_service.model.memlock...},
      "warnings": [{"code": ..., "message": ..., "path": ...}, ...]}
 
 Where upstream would compute platform-dependent garbage (a NaN or overflowing limits ratio) or
@@ -73,8 +74,15 @@ from decimal import Decimal
 from typing import Any, Final
 
 from overhead_service.errors import InputError, InvalidQuantity
-from overhead_service.model.engine import sum_plan
+from overhead_service.model.engine import parse_ratio, sum_plan
 from overhead_service.model.goquantity import QuantityVar
+from overhead_service.model.memlock import (
+    KubeVirtVersion,
+    memlock,
+    memlock_arch,
+    memlock_facts,
+    upstream_overhead,
+)
 from overhead_service.model.quantity import (
     GO_ZERO,
     INT64_FLOAT_BOUND,
@@ -121,6 +129,8 @@ _DEVICES: Final = "devices.kubevirt.io/"
 _ZERO_BINARY: Final = Quantity(0, 0, Format.BINARY_SI)  # ResourceList.Memory() of a missing entry
 _ONE: Final = Quantity(1, 0, Format.DECIMAL_SI)  # resource.MustParse("1") and NewQuantity(1, DecimalSI)
 _EPHEMERAL_OVERHEAD: Final = Quantity(50, 6, Format.DECIMAL_SI)  # resource.MustParse("50M")
+# The tables that reproduce each KubeVirt version's own formula (virt-handler's memlock sum uses it).
+_UPSTREAM_TABLES: Final = {KubeVirtVersion.V1_9_0: "kubevirt-v1.9.0", KubeVirtVersion.MAIN: "kubevirt-main"}
 
 
 # --- Go helpers ---------------------------------------------------------------------------------
@@ -365,6 +375,7 @@ def render(body: Any, service: OverheadService) -> dict[str, Any]:
     requests, limits = r.requests(), r.limits()
 
     release = service.release_of(answer["table"]["id"])
+    locked = _memlock(body, vmi, answer, service, release)
     found = [w for w in answer["warnings"] if w["code"] != Code.REQUEST_BELOW_GUEST]
     values = {name: q.get() for name, q in requests.items()}
     found.extend(render_warnings(spec, config.memory_overcommit, r.shared_memory, values, overhead, release))
@@ -378,8 +389,32 @@ def render(body: Any, service: OverheadService) -> dict[str, Any]:
         "hypervisor": answer["hypervisor"],
         "table": answer["table"],
         "cpuArch": answer["cpuArch"],
+        "memlock": locked,
         "warnings": found,
     }
+
+
+def _memlock(
+    body: dict[str, Any], vmi: Any, answer: dict[str, Any], service: OverheadService, release: str
+) -> dict[str, Any] | None:
+    """The RLIMIT_MEMLOCK virt-handler of the table's KubeVirt version gives QEMU (model/memlock.py).
+
+    virt-handler computes its own ``GetMemoryOverhead`` with upstream's formula whatever table the
+    answer used, so the sum takes the upstream table of that version (no network-binding memory).
+    """
+    version = KubeVirtVersion(release)
+    hypervisor = answer["hypervisor"]["name"]
+    features = extract_features(vmi)
+    node_arch = body.get("cpuArch") or service.default_arch  # virt-handler's runtime.GOARCH
+    arch = memlock_arch(hypervisor, features.architecture, node_arch)
+    table_id = _UPSTREAM_TABLES[version]
+    model = service.tables.get(table_id).model_for(hypervisor, arch) if table_id in service.tables else None
+    if model is None:  # no upstream formula to sum (a registry without it, an unknown architecture)
+        return None
+    config = body.get("kubevirtConfiguration") or {}
+    ratio = parse_ratio(config.get("additionalGuestMemoryOverheadRatio"))  # validated by compute
+    overhead = upstream_overhead(model, features, arch, ratio)
+    return memlock(memlock_facts(vmi), hypervisor, overhead, version).to_json()
 
 
 def _render(

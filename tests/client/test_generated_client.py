@@ -156,7 +156,7 @@ def test_render(client_package: ModuleType, api: Any, local: OverheadService) ->
         ),
         (
             "render_resources",
-            {"vmi": VMI, "kubevirtConfiguration": {"developerConfiguration": {"memoryOvercommit": 0}}},
+            {"vmi": VMI, "kubevirtConfiguration": {"developerConfiguration": {"memoryOvercommit": -1}}},
             "kubevirtConfiguration.developerConfiguration.memoryOvercommit",
         ),
     ],
