@@ -39,6 +39,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from overhead_service.errors import InvalidQuantity
+from overhead_service.model.memlock import KubeVirtVersion
 from overhead_service.model.quantity import Quantity, parse_quantity
 from overhead_service.model.render_input import MEMORY, RenderSpec
 from overhead_service.model.tables import Table, TableRegistry
@@ -64,8 +65,8 @@ class Code:
 
 CODES: Final = tuple(value for key, value in vars(Code).items() if key.isupper())
 
-RELEASE: Final = "v1.9.0"  # KubeVirt's latest release, the default table's
-MAIN: Final = "main"
+RELEASE: Final = KubeVirtVersion.V1_9_0.value  # KubeVirt's latest release, the default table's
+MAIN: Final = KubeVirtVersion.MAIN.value
 
 _M = "vmi.spec.domain.memory"
 _RESERVED = f"{_M}.reservedOverhead"
@@ -86,8 +87,10 @@ def warning(code: str, message: str, path: str) -> dict[str, str]:
 def kubevirt_release(table: Table, tables: TableRegistry) -> str:
     """The KubeVirt version whose virt-controller and virt-handler go with ``table``.
 
-    An upstream table names its ref (``v1.9.0`` or ``main``); a measured table follows its parent;
-    any other table is taken for the latest release, as the service's default table is.
+    An upstream table names its ref (``v1.9.0`` or ``main``); a measured table follows its parent
+    (read from the provenance, so a fitted table's chain is followed); any other table is taken for
+    the latest release, as the service's default table is. Same answers as
+    :func:`overhead_service.model.memlock.version_for_table` for the built-in tables.
     """
     seen: set[str] = set()
     while table.id not in seen:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from overhead_service.errors import InputError
+from overhead_service.model.memlock import version_for_table
 from overhead_service.model.render import render
 from overhead_service.model.service import OverheadService
 from overhead_service.model.tables import TableRegistry
@@ -345,3 +346,11 @@ def test_the_memo_key_sees_every_field_a_warning_reads() -> None:
     assert codes(memo.compute({**base, "table": "kubevirt-main"})["warnings"]) == first  # no memlock one
     assert codes(memo.compute({**base, "hypervisor": "kvm"})["warnings"]) != first
     assert codes(memo.compute(base)["warnings"]) == first
+
+
+def test_the_release_agrees_with_memlocks_version_for_table() -> None:
+    tables = TableRegistry.builtin()
+    for table_id in tables.ids():
+        table = tables.get(table_id)
+        parent = table.document.get("provenance", {}).get("parent")
+        assert kubevirt_release(table, tables) == version_for_table(table_id, parent).value
