@@ -14,6 +14,9 @@
 - ``FIT_TARGET``: the coverage a fit aims for when the request names none; default 0.995.
 - ``ACTIVATION_MIN_SAMPLES``: fewest samples behind a fit that may be activated unforced;
   default 250 (a fit at the default target with 5 folds needs 249).
+- ``REQUEST_READ_SECONDS``: how long a client has to send a whole request (head and body) once
+  its first byte has arrived, under ``overhead-service serve``; default 10 (then 408, and the
+  connection is closed: :mod:`overhead_service.worker`).
 - ``LOG_LEVEL``: ``debug``, ``info``, ``warning``, ``error`` or ``critical`` (any case); default
   ``info``. One access line per request is logged at ``info`` (``warning`` for a hypervisor
   fallback), so ``warning`` keeps only fallbacks and errors.
@@ -55,6 +58,7 @@ KEYS = (
     "SYNC_SECONDS",
     "FIT_TARGET",
     "ACTIVATION_MIN_SAMPLES",
+    "REQUEST_READ_SECONDS",
     "LOG_LEVEL",
     "ADMISSION_MODE",
     "ADMISSION_UPSTREAM_TABLE",
@@ -87,6 +91,7 @@ def _defaults() -> dict[str, Any]:
         "SYNC_SECONDS": 2.0,
         "FIT_TARGET": 0.995,
         "ACTIVATION_MIN_SAMPLES": 250,
+        "REQUEST_READ_SECONDS": 10.0,
         "LOG_LEVEL": "info",
         "ADMISSION_MODE": "shadow",
         "ADMISSION_UPSTREAM_TABLE": "kubevirt-v1.9.0",
@@ -154,6 +159,9 @@ def resolve(
         settings["MAX_CONTENT_LENGTH"], sources["MAX_CONTENT_LENGTH"]
     )
     settings["SYNC_SECONDS"] = _number(settings["SYNC_SECONDS"], sources["SYNC_SECONDS"], 0.0, 3600.0)
+    settings["REQUEST_READ_SECONDS"] = _number(
+        settings["REQUEST_READ_SECONDS"], sources["REQUEST_READ_SECONDS"], 0.1, 3600.0
+    )
     settings["FIT_TARGET"] = _number(settings["FIT_TARGET"], sources["FIT_TARGET"], 0.5, 0.9999)
     minimum = _number(settings["ACTIVATION_MIN_SAMPLES"], sources["ACTIVATION_MIN_SAMPLES"], 1, 10**9)
     if minimum != int(minimum):

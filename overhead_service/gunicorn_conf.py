@@ -1,8 +1,9 @@
 """gunicorn settings for ``overhead-service serve`` (``gunicorn -c python:overhead_service.gunicorn_conf``).
 
 Requests are short and CPU-bound (the formula takes microseconds), and in Kubernetes there is no
-buffering proxy in front of the pod, so threaded workers: keep-alive for virt-controller's
-connections, and a slow client holds a thread rather than a whole process.
+buffering proxy in front of the pod, so threaded workers whose event loop reads every request
+whole before a thread answers it (:mod:`overhead_service.worker`): keep-alive for virt-controller's
+connections, and a slow client holds neither a process nor a thread.
 """
 
 from __future__ import annotations
@@ -54,13 +55,14 @@ def default_workers() -> int:
 wsgi_app = "overhead_service:create_app()"
 bind = ["0.0.0.0:8080"]
 workers = int(os.environ.get("WEB_CONCURRENCY", default_workers()))
-worker_class = "gthread"
+worker_class = "overhead_service.worker.BufferingThreadWorker"
 threads = 4
 keepalive = 5
 
-# gunicorn refuses request lines over 4094 bytes with an HTML 414, but the contract allows longer
-# query strings (up to 100 `runId` filters of 200 characters); the app bounds every parameter
-# itself and answers 422 as problem+json. Header limits stay at gunicorn's defaults.
+# The worker bounds the request line (overhead_service.worker.MAX_REQUEST_LINE, 64 KiB: 414) before
+# gunicorn's parser sees it, in one pass; gunicorn's own bound cannot exceed 8190 bytes, shorter
+# than the longest query the contract allows (100 `runId` filters of 200 characters). Header
+# limits stay at gunicorn's defaults (100 fields of at most 8190 bytes: 431).
 limit_request_line = 0
 
 # A request takes milliseconds: 30 s only catches a hung worker. Shutdown (SIGTERM) finishes the
