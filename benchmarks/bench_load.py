@@ -431,9 +431,17 @@ def preflight(port: int, bodies: Sequence[str]) -> None:
 
 
 @contextmanager
-def gunicorn(workers: int, threads: int | None, timeout: float) -> Iterator[GunicornServer]:
+def gunicorn(
+    workers: int, threads: int | None, timeout: float, worker_class: str | None = None
+) -> Iterator[GunicornServer]:
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
-        server = GunicornServer(f"sqlite:///{tmp}/bench.db", tokens=TOKENS, workers=workers, threads=threads)
+        server = GunicornServer(
+            f"sqlite:///{tmp}/bench.db",
+            tokens=TOKENS,
+            workers=workers,
+            threads=threads,
+            worker_class=worker_class,
+        )
         try:
             yield server.start(timeout=timeout)
         finally:
@@ -464,6 +472,7 @@ def run(args: argparse.Namespace, out: Any = sys.stdout) -> dict[str, Any]:
             "python": platform.python_version(),
             "workers": args.workers,
             "threads": args.threads or "project default",
+            "worker_class": args.worker_class or "project default",
             "duration": args.duration,
             "rounds": args.rounds,
             "bodies": len(bodies),
@@ -488,7 +497,9 @@ def run(args: argparse.Namespace, out: Any = sys.stdout) -> dict[str, Any]:
     # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler of its own.
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with gunicorn(args.workers, args.threads, max(deadline - time.monotonic(), 1)) as server:
+        with gunicorn(
+            args.workers, args.threads, max(deadline - time.monotonic(), 1), args.worker_class
+        ) as server:
             report["meta"]["server_pid"] = server.pid
             report["meta"]["server_port"] = server.port
             print(f"# gunicorn master pid {server.pid} on port {server.port}", file=out, flush=True)
@@ -604,6 +615,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of untimed overhead load first")
     parser.add_argument("--workers", type=int, default=cpu_count(), help="gunicorn workers (default: CPUs)")
     parser.add_argument("--threads", type=int, help="threads per worker (default: the project's)")
+    parser.add_argument(
+        "--worker-class", help="another gunicorn worker class, to compare (default: the project's)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.rounds < 1:

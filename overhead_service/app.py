@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response
 
 from overhead_service import config as settings
 from overhead_service import web
@@ -18,13 +18,25 @@ from overhead_service.store import Store
 from overhead_service.sync import TableSync
 from overhead_service.web.metrics import publish_active_tables
 
-__all__ = ["create_app"]
+__all__ = ["OverheadApp", "create_app"]
+
+
+class OverheadApp(Flask):
+    """Flask, answering ``OPTIONS`` with 204 and ``Allow`` (Flask's 200 carries an empty text/html body)."""
+
+    def make_default_options_response(self) -> Response:
+        response = super().make_default_options_response()
+        response.status_code = 204
+        del response.headers["Content-Type"]
+        return response
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """A configured application; ``config`` overrides ``OVERHEAD_*`` variables, which override defaults."""
-    app = Flask("overhead_service")
+    app = OverheadApp("overhead_service")
     app.config.from_mapping(settings.resolve(config))
+    # "/v1//tables" is not a path of the API: 404, not a redirect whose URL comes from the Host header.
+    app.url_map.merge_slashes = False
 
     # The tables and the service are built once here: the hot path only looks them up.
     registry = TableRegistry.builtin()

@@ -31,6 +31,7 @@ import contextlib
 import errno
 import json
 import re
+import socket
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ BUFFER_BUDGET: Final = 64 * 1024 * 1024
 """Bytes a worker holds at most for requests still arriving, before threads take them over."""
 
 _READ_SIZE: Final = 256 * 1024
+_LINGER_SECONDS: Final = 2.0
+_LINGER_BYTES: Final = 1024 * 1024
 _CHUNK_LINE_LIMIT: Final = 8192  # gunicorn refuses a longer chunk-size line (8190)
 _HEX: Final = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _PROBLEM_TYPE: Final = "about:blank"
@@ -122,6 +125,7 @@ class _Reading:
     chunk_at: int = -1  # offset of the next chunk-size line (chunked body)
     scanned: int = 0  # the head was searched up to here
     line_seen: bool = False  # the request line has ended
+    lingering: bool = False  # refused: the answer is sent, the rest discarded until closing
 
 
 class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no types
@@ -175,7 +179,10 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn shi
         reading = self.readings.get(conn)
         if reading is not None:
             self._unregister(conn)
-            self._advance(conn, reading)
+            if reading.lingering:
+                self._linger(conn, reading)
+            else:
+                self._advance(conn, reading)
 
     def _advance(self, conn: Any, reading: _Reading) -> None:
         """Read what the socket has; hand the request on when complete, else wait for more."""
@@ -186,8 +193,11 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn shi
                 if reading.data and self._complete(conn, reading):
                     return
                 chunk = conn.sock.recv(_READ_SIZE)
-                if not chunk:  # the client went away before finishing its request
-                    self._close(conn)
+                if not chunk:  # the client stopped sending: what it sent is all there is
+                    if reading.data and not reading.handshaking:
+                        self._dispatch(conn, reading)  # the parser or the app says what is missing
+                    else:
+                        self._close(conn)
                     return
                 if not reading.started:
                     reading.started = True
@@ -239,8 +249,9 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn shi
         data = reading.data
         start = 2 if data.startswith(b"\r\n") else 0  # RFC 9112 2.2: one empty line may lead
         if not reading.line_seen:
-            reading.line_seen = data.find(b"\r\n", max(reading.scanned - 1, start)) >= 0
-            if not reading.line_seen and len(data) - start > MAX_REQUEST_LINE:
+            line_end = data.find(b"\r\n", max(reading.scanned - 1, start))
+            reading.line_seen = line_end >= 0
+            if (line_end if line_end >= 0 else len(data)) - start > MAX_REQUEST_LINE:
                 reading.head_end = -2
                 self._refuse(conn, 414, "URI Too Long", f"the request line is over {MAX_REQUEST_LINE} bytes")
                 return False
@@ -284,11 +295,43 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn shi
         return True
 
     def _refuse(self, conn: Any, status: int, title: str, detail: str) -> None:
-        """Answer a problem document from the loop and close (best effort: the socket may be full)."""
-        with contextlib.suppress(OSError):
-            conn.sock.send(problem_answer(status, title, detail))
+        """Answer a problem document from the loop, then close once the client has had it.
+
+        Closing a socket with unread bytes sends a reset, which can destroy the answer before the
+        client reads it; so the sending side is shut first and what still arrives is discarded
+        (at most :data:`_LINGER_BYTES`, for :data:`_LINGER_SECONDS`), as gunicorn's
+        ``close_graceful`` does in a thread.
+        """
         self.log.warning("Invalid request from ip=%s: %s", _ip(conn.client), detail)
-        self._close(conn)
+        reading = self.readings.get(conn)
+        if reading is None:
+            self._close(conn)
+            return
+        self._unregister(conn)
+        self.buffered -= len(reading.data)
+        reading.data = bytearray()
+        reading.lingering = True
+        reading.deadline = time.monotonic() + _LINGER_SECONDS
+        try:
+            conn.sock.send(problem_answer(status, title, detail))
+            conn.sock.shutdown(socket.SHUT_WR)
+        except (OSError, ValueError):
+            self._close(conn)
+            return
+        self._wait(conn, write=False)
+
+    def _linger(self, conn: Any, reading: _Reading) -> None:
+        try:
+            while True:
+                discarded = len(conn.sock.recv(_READ_SIZE))
+                reading.scanned += discarded
+                if not discarded or reading.scanned > _LINGER_BYTES:
+                    self._close(conn)
+                    return
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            self._wait(conn, write=False)
+        except OSError:
+            self._close(conn)
 
     def _wait(self, conn: Any, *, write: bool) -> None:
         event = 2 if write else 1  # selectors.EVENT_WRITE / EVENT_READ
@@ -311,13 +354,9 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn shi
         super().murder_pending()
         now = time.monotonic()
         for conn, reading in [(c, r) for c, r in self.readings.items() if r.deadline <= now]:
-            if reading.started and not reading.handshaking:
-                self._refuse(
-                    conn,
-                    408,
-                    "Request Timeout",
-                    f"the request did not arrive within {self.read_seconds:g} s",
-                )
+            if reading.started and not reading.handshaking and not reading.lingering:
+                detail = f"the request did not arrive within {self.read_seconds:g} s"
+                self._refuse(conn, 408, "Request Timeout", detail)
             else:
                 self._close(conn)
 

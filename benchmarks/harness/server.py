@@ -56,15 +56,18 @@ class GunicornServer:
         threads: int | None = None,
         env: Mapping[str, str] | None = None,
         tls: TlsFiles | None = None,
+        worker_class: str | None = None,
     ) -> None:
         """``env``: more environment variables for gunicorn (e.g. ``PROMETHEUS_MULTIPROC_DIR``);
-        ``tls``: serve HTTPS with that certificate (the readiness check verifies it with the CA)."""
+        ``tls``: serve HTTPS with that certificate (the readiness check verifies it with the CA);
+        ``worker_class``: another gunicorn worker than the project's (benchmarks compare them)."""
         self.database_url = database_url
         self.tls = tls
         self.env = dict(env or {})
         self.tokens = tokens
         self.workers = workers
         self.threads = threads
+        self.worker_class = worker_class
         self.port = 0
         self.base_url = ""
         self._process: subprocess.Popen[bytes] | None = None
@@ -81,6 +84,8 @@ class GunicornServer:
             argv += ["--threads", str(self.threads)]
         if self.tls is not None:
             argv += ["--certfile", str(self.tls.cert), "--keyfile", str(self.tls.key)]
+        if self.worker_class is not None:
+            argv += ["--worker-class", self.worker_class]
         argv.append("overhead_service:create_app()")
         env = {k: v for k, v in os.environ.items() if not k.startswith("OVERHEAD_")}
         env.update({"OVERHEAD_DATABASE_URL": self.database_url, "OVERHEAD_TOKENS": self.tokens})

@@ -3,8 +3,9 @@
 - :class:`~overhead_service.errors.InputError` -> :func:`overhead_service.errors.problem` with the
   error's status. An unknown table named in a request body (the error has a path, ``table``) is
   422 like any other bad field; only ``GET /v1/tables/<id>`` answers 404 for it.
-- A body that is not JSON (400), not declared JSON (415) or too large (413) is a problem about the
-  whole body, so those use the same shape with the path ``""``.
+- A body that cannot be read (400: broken chunked framing, shorter than its ``Content-Length``;
+  408: not arrived in time), is not JSON (400), not declared JSON (415) or too large (413) is a
+  problem about the whole body, so those use the same shape with the path ``""``.
 - Any other HTTP error (404, 405 …) keeps Werkzeug's response, headers included (``Allow`` on
   405), with a problem body of type ``about:blank``.
 - Anything unexpected is logged and answers a 500 problem.
@@ -24,6 +25,8 @@ from overhead_service.errors import InputError, http_status, problem
 
 __all__ = [
     "PROBLEM_JSON",
+    "BodyTimeout",
+    "MalformedBody",
     "MalformedJSON",
     "PayloadTooLarge",
     "UnsupportedMediaType",
@@ -43,6 +46,22 @@ class MalformedJSON(InputError):
     status = 400
     kind = "malformed-json"
     title = "Malformed JSON"
+
+
+class MalformedBody(InputError):
+    """The request body could not be read: broken chunked framing, or shorter than announced."""
+
+    status = 400
+    kind = "malformed-body"
+    title = "Malformed body"
+
+
+class BodyTimeout(InputError):
+    """The request body did not arrive in time (the server's read deadline)."""
+
+    status = 408
+    kind = "request-timeout"
+    title = "Request timeout"
 
 
 class UnsupportedMediaType(InputError):

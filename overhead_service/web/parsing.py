@@ -27,7 +27,7 @@ from overhead_service import jsonio
 from overhead_service.calibration.records import HYPERVISORS, SCOPES, parse_timestamp, storable_text
 from overhead_service.errors import InexactNumber, InputError, TableNotFound, UnknownTable
 from overhead_service.extensions import get_registry
-from overhead_service.web.errors import MalformedJSON, UnsupportedMediaType
+from overhead_service.web.errors import BodyTimeout, MalformedBody, MalformedJSON, UnsupportedMediaType
 
 T = TypeVar("T")
 
@@ -48,7 +48,8 @@ __all__ = [
 
 
 def read_body() -> bytes:
-    """The raw request body; 413 when it is larger than ``MAX_CONTENT_LENGTH``.
+    """The raw request body; 413 when it is larger than ``MAX_CONTENT_LENGTH``, 400 when it cannot
+    be read whole (broken chunked framing, the connection closed early), 408 when it came too slowly.
 
     Reads ``wsgi.input`` directly rather than through ``request.get_data()``: the same limits for
     less work on the hot path, and a chunked body over the limit is refused (Werkzeug cuts it at
@@ -60,13 +61,36 @@ def read_body() -> bytes:
     if length is not None:
         if limit is not None and length > limit:
             raise RequestEntityTooLarge()
-        raw: bytes = environ["wsgi.input"].read(length)
+        raw = _read(environ["wsgi.input"], length)
+        if len(raw) < length:
+            raise MalformedBody(
+                "", f"request body ended after {len(raw)} of its {length} bytes (Content-Length)"
+            )
         return raw
     if not environ.get("wsgi.input_terminated"):
         return b""  # neither a length nor a server that ends the stream: nothing is safe to read
-    raw = environ["wsgi.input"].read(-1 if limit is None else limit + 1)
+    raw = _read(environ["wsgi.input"], -1 if limit is None else limit + 1)
     if limit is not None and len(raw) > limit:
         raise RequestEntityTooLarge()
+    return raw
+
+
+def _read(stream: Any, size: int) -> bytes:
+    """``stream.read(size)``, a failure of the client's framing as a problem about the body.
+
+    Each WSGI server raises its own exceptions for a body it cannot decode (gunicorn: a bad chunk
+    size or extension, a missing CRLF, a bad trailer, end of stream before the last chunk), so
+    any exception here is the body's; the connection is not reused after it.
+    """
+    try:
+        raw: bytes = stream.read(size)
+    except TimeoutError:
+        raise BodyTimeout("", "request body did not arrive in time") from None
+    except MemoryError:
+        raise
+    except Exception as exc:
+        reason = str(exc) or type(exc).__name__
+        raise MalformedBody("", f"request body could not be read: {reason}"[:500]) from None
     return raw
 
 
