@@ -8,6 +8,9 @@
   problem about the whole body, so those use the same shape with the path ``""``.
 - Any other HTTP error (404, 405 …) keeps Werkzeug's response, headers included (``Allow`` on
   405), with a problem body of type ``about:blank``.
+- A database error is 503 when the database has no schema (``schema-missing``, naming
+  ``overhead-service init-db``) or cannot be reached (``database-unavailable``); any other is
+  unexpected.
 - Anything unexpected is logged and answers a 500 problem.
 """
 
@@ -17,13 +20,16 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, current_app
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from overhead_service import jsonio
-from overhead_service.errors import InputError, http_status, problem
+from overhead_service.errors import PROBLEM_BASE, InputError, http_status, problem
+from overhead_service.extensions import get_store
 
 __all__ = [
+    "INIT_DB_HINT",
     "PROBLEM_JSON",
     "BodyTimeout",
     "MalformedBody",
@@ -38,6 +44,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+INIT_DB_HINT = (
+    "the database has no schema (or an older one): run `overhead-service init-db` with the same "
+    "DATABASE_URL (`overhead-service serve` runs it before its workers start)"
+)
 
 
 class MalformedJSON(InputError):
@@ -110,6 +120,22 @@ def _on_http_exception(error: HTTPException) -> WerkzeugResponse:
     return response
 
 
+def _on_database_error(error: SQLAlchemyError) -> WerkzeugResponse:
+    # Checked only now that a query failed: the schema is created outside the workers, and a
+    # process started without it (a bare gunicorn on the factory) answers until it exists.
+    store = get_store()
+    if store.ping() and not store.schema_ready():
+        kind, title, detail = "schema-missing", "Schema missing", INIT_DB_HINT
+    elif isinstance(error, OperationalError):
+        kind, title = "database-unavailable", "Database unavailable"
+        detail = "the database cannot be reached; /readyz says what fails"
+    else:
+        return _on_unexpected(error)
+    log.warning("database error answered 503 %s: %s", kind, error.__class__.__name__)
+    body = {"type": PROBLEM_BASE + kind, "title": title, "status": 503, "detail": detail}
+    return current_app.response_class(jsonio.dumps(body), status=503, mimetype=PROBLEM_JSON)
+
+
 def _on_unexpected(error: Exception) -> WerkzeugResponse:
     log.exception("unexpected error while answering a request", exc_info=error)
     return _on_http_exception(InternalServerError())
@@ -120,4 +146,5 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(InputError, _on_input_error)
     app.register_error_handler(RequestEntityTooLarge, _on_too_large)
     app.register_error_handler(HTTPException, _on_http_exception)
+    app.register_error_handler(SQLAlchemyError, _on_database_error)
     app.register_error_handler(Exception, _on_unexpected)

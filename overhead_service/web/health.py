@@ -6,7 +6,7 @@ from flask import Blueprint, Response, current_app
 
 from overhead_service.extensions import REGISTRY, SERVICE, get_store
 from overhead_service.web.common import json_response
-from overhead_service.web.errors import PROBLEM_JSON, http_problem
+from overhead_service.web.errors import INIT_DB_HINT, PROBLEM_JSON, http_problem
 
 __all__ = ["bp"]
 
@@ -37,5 +37,8 @@ def readyz() -> Response:
     if all(state == "ok" for state in checks.values()):
         return json_response({"status": "ready", "checks": checks})
     failed = ", ".join(name for name, state in checks.items() if state != "ok")
-    body = http_problem(503, "Service Unavailable", f"not ready: {failed} check failed")
+    detail = f"not ready: {failed} check failed"
+    if database and checks["schema"] != "ok":
+        detail += f"; {INIT_DB_HINT}"
+    body = http_problem(503, "Service Unavailable", detail)
     return json_response({**body, "checks": checks}, status=503, mimetype=PROBLEM_JSON)

@@ -33,6 +33,7 @@ def test_defaults_when_nothing_is_set() -> None:
         "SYNC_SECONDS": 2.0,
         "FIT_TARGET": 0.995,
         "ACTIVATION_MIN_SAMPLES": 250,
+        "REQUEST_READ_SECONDS": 10.0,
         "LOG_LEVEL": "info",
         "ADMISSION_MODE": "shadow",
         "ADMISSION_UPSTREAM_TABLE": "kubevirt-v1.9.0",
@@ -176,6 +177,8 @@ def test_readyz_503_when_database_unreachable(app_factory: AppFactory, tmp_path:
         ("SYNC_SECONDS", "soon"),
         ("FIT_TARGET", "1.5"),
         ("ACTIVATION_MIN_SAMPLES", "2.5"),
+        ("REQUEST_READ_SECONDS", "0"),
+        ("REQUEST_READ_SECONDS", "later"),
     ],
 )
 def test_bad_numeric_settings_are_refused(key: str, value: str) -> None:
