@@ -111,7 +111,10 @@ def check_activation(
         )
     problems = []
     if (facts["hypervisor"], facts["arch"]) != (hypervisor, arch):
-        problems.append(f"it was fitted for {facts['hypervisor']}/{facts['arch']}, not {hypervisor}/{arch}")
+        fitted = (
+            f"{facts['hypervisor'] or 'an unrecorded hypervisor'}/{facts['arch'] or 'an unrecorded arch'}"
+        )
+        problems.append(f"it was fitted for {fitted}, not {hypervisor}/{arch}")
     covered, held_out, target = facts["heldOutCovered"], facts["heldOutSamples"], facts["target"]
     samples = facts["samples"]
     if type(covered) is not int or type(held_out) is not int or not isinstance(target, int | float):
@@ -121,7 +124,9 @@ def check_activation(
             f"held-out coverage {covered}/{held_out} = {covered / held_out:.4f} is significantly below "
             f"its target {target}"
         )
-    if not isinstance(samples, int) or samples < min_samples:
+    if not isinstance(samples, int):
+        problems.append(f"its fit records no sample count ({min_samples} samples are required)")
+    elif samples < min_samples:
         problems.append(f"{samples} samples, fewer than the {min_samples} required")
     if problems:
         raise ActivationRefused("force", f"table {table!r} may not become active: {'; '.join(problems)}")

@@ -15,6 +15,7 @@ from overhead_service.web import (
     metrics,
     observe,
     overhead,
+    parsing,
     render,
     reports,
     spec,
@@ -28,6 +29,7 @@ def init_app(app: Flask) -> None:
     """Register the error handlers and every blueprint."""
     observe.init_app(app)  # request ids, HTTP metrics, one access line per request
     errors.init_app(app)
+    parsing.init_app(app)  # query strings: bounded, and refused by views that read none
     auth.init_app(app)
     spec.init_app(app)
     for module in (overhead, render, tables, reports, fits, activations, measurements, health, spec, metrics):

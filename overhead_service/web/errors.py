@@ -35,6 +35,7 @@ __all__ = [
     "MalformedBody",
     "MalformedJSON",
     "PayloadTooLarge",
+    "QueryTooLong",
     "UnsupportedMediaType",
     "http_problem",
     "init_app",
@@ -72,6 +73,14 @@ class BodyTimeout(InputError):
     status = 408
     kind = "request-timeout"
     title = "Request timeout"
+
+
+class QueryTooLong(InputError):
+    """The query string is longer than the API takes."""
+
+    status = 414
+    kind = "uri-too-long"
+    title = "URI too long"
 
 
 class UnsupportedMediaType(InputError):

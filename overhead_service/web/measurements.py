@@ -29,7 +29,7 @@ from overhead_service.web.auth import require_role
 from overhead_service.web.common import json_response
 from overhead_service.web.metrics import MEASUREMENTS
 from overhead_service.web.overhead import gc_paused
-from overhead_service.web.parsing import json_object, query_args, read_json
+from overhead_service.web.parsing import json_object, query_args, read_json, reads_query
 
 __all__ = ["bp"]
 
@@ -69,6 +69,7 @@ def ingest() -> Response:
 
 
 @bp.get("")
+@reads_query
 def list_measurements() -> Response:
     """One page of stored records, oldest ingested first."""
     items, next_cursor = get_store().list_measurements(**_query())
@@ -84,7 +85,7 @@ def _query() -> dict[str, Any]:
         "run_ids": args.texts("runId", 200, MAX_RUN_IDS),
         "since": args.time("since"),
         "until": args.time("until"),
-        "cursor": args.raw("cursor"),  # the store decodes it, and names "cursor" if it cannot
+        "cursor": args.raw("cursor", 64),  # the store decodes it, and names "cursor" if it cannot
     }
     query = {name: value for name, value in query.items() if value is not None}
     query["limit"] = args.integer("limit", 1, MAX_LIMIT, DEFAULT_LIMIT)

@@ -8,7 +8,9 @@ error handlers (:mod:`overhead_service.web.errors`) turn it into a problem docum
   :func:`answer_json` for the hot path (decoded again exactly when a quantity needs it),
   :func:`json_object` for an object with known fields.
 - Query parameters: :func:`query_args` checks names and repetitions once; :class:`QueryArgs`
-  reads choices, texts, bounded integers and timestamps.
+  reads choices, texts, bounded integers and timestamps. A view that reads none is not marked
+  :func:`reads_query`, and a query string sent to it is refused (422 at the first parameter)
+  before it runs; a query string over :data:`MAX_QUERY_STRING` bytes is 414 everywhere.
 - Measurement selectors in fit and evaluation bodies: :func:`measurement_selector`.
 - Tables named in the URL: :func:`table_document` (404 when there is none).
 """
@@ -17,9 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from datetime import datetime
-from typing import Any, TypeVar, overload
+from typing import Any, Final, TypeVar, overload
 
-from flask import request
+from flask import Flask, current_app, request
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -27,18 +29,33 @@ from overhead_service import jsonio
 from overhead_service.calibration.records import HYPERVISORS, SCOPES, parse_timestamp, storable_text
 from overhead_service.errors import InexactNumber, InputError, TableNotFound, UnknownTable
 from overhead_service.extensions import get_registry
-from overhead_service.web.errors import BodyTimeout, MalformedBody, MalformedJSON, UnsupportedMediaType
+from overhead_service.web.errors import (
+    BodyTimeout,
+    MalformedBody,
+    MalformedJSON,
+    QueryTooLong,
+    UnsupportedMediaType,
+)
 
 T = TypeVar("T")
+V = TypeVar("V", bound=Callable[..., Any])
+
+MAX_QUERY_STRING: Final = 60 * 1024
+"""The longest query string (414 beyond): the longest the API takes is 100 run ids of 200
+characters, each percent-encoded at worst (about 60,000 bytes)."""
+_READS_QUERY: Final = "overhead_reads_query"
 
 __all__ = [
+    "MAX_QUERY_STRING",
     "QueryArgs",
     "answer_json",
     "decode_json",
     "json_object",
     "measurement_selector",
+    "init_app",
     "query_args",
     "read_body",
+    "reads_query",
     "read_json",
     "read_json_bytes",
     "table_document",
@@ -205,11 +222,17 @@ class QueryArgs:
     def time(self, name: str) -> datetime | None:
         """An RFC 3339 timestamp with a time zone (:func:`parse_timestamp`)."""
         value = self._args.get(name)
+        if value is not None and len(value) > 64:
+            raise InputError(name, "must be an RFC 3339 date-time such as 2026-11-27T00:00:00Z")
         return None if value is None else parse_timestamp(value, name)
 
-    def raw(self, name: str) -> str | None:
-        """A parameter as given (the caller checks it, e.g. an opaque cursor)."""
-        return self._args.get(name)
+    def raw(self, name: str, max_length: int) -> str | None:
+        """A parameter of at most ``max_length`` characters, else as given (the caller checks it,
+        e.g. an opaque cursor)."""
+        value = self._args.get(name)
+        if value is not None and len(value) > max_length:
+            raise InputError(name, f"must be at most {max_length} characters")
+        return value
 
 
 def query_args(allowed: Collection[str], repeatable: Collection[str] = ()) -> QueryArgs:
@@ -217,10 +240,35 @@ def query_args(allowed: Collection[str], repeatable: Collection[str] = ()) -> Qu
     args = request.args
     for name in args:
         if name not in allowed:
-            raise InputError(name, f"unknown query parameter; allowed: {', '.join(allowed)}")
+            known = f"allowed: {', '.join(allowed)}" if allowed else "this endpoint takes none"
+            raise InputError(name[:200], f"unknown query parameter; {known}")
         if name not in repeatable and len(args.getlist(name)) > 1:
             raise InputError(name, "may be given once")
     return QueryArgs(args)
+
+
+def reads_query(view: V) -> V:
+    """Mark a view that checks its query parameters itself (with :func:`query_args`)."""
+    setattr(view, _READS_QUERY, True)
+    return view
+
+
+def _check_query() -> None:
+    """Before every view: a query string is refused unless the view reads one (cheap when there
+    is none, as on the hot path), and bounded everywhere."""
+    query = request.environ.get("QUERY_STRING")
+    if not query:
+        return
+    if len(query) > MAX_QUERY_STRING:
+        raise QueryTooLong("", f"the query string is longer than {MAX_QUERY_STRING} bytes")
+    view = current_app.view_functions.get(request.endpoint or "")
+    if view is not None and not getattr(view, _READS_QUERY, False):
+        query_args(())
+
+
+def init_app(app: Flask) -> None:
+    """Check query strings before every view."""
+    app.before_request(_check_query)
 
 
 def _text(name: str, value: str, max_length: int) -> str:

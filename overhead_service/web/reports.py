@@ -28,7 +28,7 @@ from overhead_service.calibration.selection import describe_selection
 from overhead_service.errors import UnknownTable
 from overhead_service.extensions import get_store
 from overhead_service.web.common import registry
-from overhead_service.web.parsing import query_args, table_document
+from overhead_service.web.parsing import query_args, reads_query, table_document
 
 __all__ = ["bp"]
 
@@ -39,6 +39,7 @@ MAX_RUNS: Final = 100
 
 
 @bp.get("/<table_id>/report")
+@reads_query
 def table_report(table_id: str) -> Response:
     """The table's report: provenance, fit report, evaluation and plots against the upstream table."""
     document = table_document(table_id)

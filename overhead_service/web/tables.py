@@ -125,9 +125,9 @@ def rollback(table_id: str) -> Response:
     store = get_store()
     current = store.active_tables().get((hypervisor, arch))
     if current != table_id:
+        active = f"that is {current!r}" if current is not None else "none is activated"
         raise Conflict(
-            "hypervisor",
-            f"table {table_id!r} is not the active table for {hypervisor}/{arch} (that is {current!r})",
+            "hypervisor", f"table {table_id!r} is not the active table for {hypervisor}/{arch} ({active})"
         )
     record = store.rollback(hypervisor, arch, actor=actor, reason=reason)
     get_sync(current_app).refresh()

@@ -79,6 +79,22 @@ def test_a_table_that_does_not_is_refused(fit: dict[str, Any], target: tuple[str
     assert raised.value.status == 409
 
 
+def test_a_fit_missing_its_facts_is_refused_without_saying_none() -> None:
+    with pytest.raises(ActivationRefused) as raised:
+        check_activation(
+            _fitted(hypervisor=None, arch=None, samples=None),
+            hypervisor="kvm",
+            arch="amd64",
+            min_samples=30,
+            force=False,
+            reason=None,
+        )
+    detail = raised.value.detail
+    assert "None" not in detail
+    assert "fitted for an unrecorded hypervisor/an unrecorded arch" in detail
+    assert "records no sample count" in detail
+
+
 def test_upstream_tables_need_force_and_a_reason() -> None:
     upstream = {"id": "kubevirt-main"}
     with pytest.raises(ActivationRefused):
