@@ -14,7 +14,8 @@ BIND ?= 0.0.0.0:$(PORT)
 # server binaries: the tests start a throwaway cluster of their own, see tests/pg.py), and what the
 # benchmark uses (wrk; it falls back to a Python client).
 # qemu-system-x86 and binutils: tests/test_measure.py builds a tiny guest and boots it under QEMU.
-TEST_SYSTEM_PACKAGES ?= postgresql-15 qemu-system-x86 binutils
+# openssl: tests/integration/test_hostile_clients.py makes a self-signed certificate for TLS.
+TEST_SYSTEM_PACKAGES ?= postgresql-15 qemu-system-x86 binutils openssl
 BENCH_SYSTEM_PACKAGES ?= wrk
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
@@ -74,7 +75,11 @@ bench-deps:
 
 # --- tasks ------------------------------------------------------------------------------------
 
+# The default SQLite database lives in var/; the service never creates directories by itself.
+# BIND (default 0.0.0.0:$(PORT), every interface) or PORT choose where it listens:
+#   make serve BIND=127.0.0.1:9090
 serve: install
+	mkdir -p var
 	$(BIN)/overhead-service serve --bind $(BIND)
 
 # Lint needs only the Python tools, no system packages.
@@ -115,9 +120,11 @@ MEASURE_CONFIG ?= benchmarks/measure/smoke.yaml
 MEASURE_ARGS ?= --out var/measure-$(basename $(notdir $(MEASURE_CONFIG))).jsonl
 .PHONY: measure
 measure: install system-deps
+	mkdir -p var
 	$(BIN)/python -m benchmarks.measure --config $(MEASURE_CONFIG) $(MEASURE_ARGS)
 
 init-db: install
+	mkdir -p var
 	$(BIN)/overhead-service init-db
 
 # The container image (Dockerfile; docs/operations.md). Needs docker or podman, which CI does not

@@ -8,6 +8,7 @@ exit status 2).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from decimal import Decimal, InvalidOperation
@@ -26,6 +27,7 @@ from overhead_service.calibration.records import parse_timestamp, validate_recor
 from overhead_service.calibration.report import UPSTREAM_TABLE, default_target, render_report
 from overhead_service.calibration.selection import describe_selection
 from overhead_service.errors import InputError, UnknownTable, http_status, problem
+from overhead_service.logs import JsonFormatter
 from overhead_service.model.render import render as render_resources
 from overhead_service.model.service import OverheadService
 from overhead_service.model.tables import TableRegistry
@@ -68,6 +70,8 @@ def load_document(text: bytes) -> Any:
         return yaml.load(text, Loader=_KubernetesYamlLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise InputError("", f"not a JSON or YAML document: {exc}") from None
+    except RecursionError:
+        raise InputError("", "not a JSON or YAML document: nested too deeply") from None
 
 
 def request_body(
@@ -91,21 +95,70 @@ def request_body(
     return body
 
 
+def _settings() -> dict[str, Any]:
+    """The ``OVERHEAD_*`` settings; a bad one is a one-line message naming it, exit status 2."""
+    try:
+        return settings.resolve()
+    except ValueError as err:
+        _mistake(str(err))
+
+
+def _url_source() -> str:
+    variable = settings.ENV_PREFIX + "DATABASE_URL"
+    return f"environment variable {variable}" if variable in os.environ else "the default DATABASE_URL"
+
+
+def _database_url(url: str, source: str, *, must_exist: bool = True) -> str:
+    """``url`` checked (:func:`settings.check_database_url`), its SQLite directory too."""
+    try:
+        settings.check_database_url(url, source)
+    except ValueError as err:
+        _mistake(str(err))
+    missing = settings.missing_database_directory(url)
+    if must_exist and missing is not None:
+        _mistake(_missing_directory(missing, source))
+    return url
+
+
+def _missing_directory(directory: Path, source: str) -> str:
+    what = "is not a directory" if directory.exists() else "does not exist"
+    return (
+        f"the SQLite database's directory {directory} {what} ({source}): create it "
+        f"(mkdir -p {directory}), or point OVERHEAD_DATABASE_URL elsewhere"
+    )
+
+
+def _mistake(message: str) -> NoReturn:
+    """A user mistake outside the input documents: one line on stderr, exit status 2."""
+    click.echo(f"overhead-service: {message}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
 def _service() -> OverheadService:
     """The service as the API's workers have it: settings (``OVERHEAD_*``), the stored tables and
     the active ones, read once (a database that cannot be reached leaves the built-in tables and
-    the default)."""
-    config = settings.resolve()
+    the default; one that does not exist is not created)."""
+    config = _settings()
     registry = TableRegistry.builtin()
     service = OverheadService(
         registry, default_arch=config["DEFAULT_ARCH"], default_table=config["DEFAULT_TABLE"]
     )
-    store = Store(config["DATABASE_URL"])
-    try:
-        TableSync(store, registry, service, interval=0).refresh(force=True)
-    finally:
-        store.dispose()
+    if not _sqlite_file_missing(config["DATABASE_URL"]):
+        store = Store(config["DATABASE_URL"])
+        try:
+            TableSync(store, registry, service, interval=0).refresh(force=True)
+        finally:
+            store.dispose()
     return service
+
+
+def _sqlite_file_missing(url: str) -> bool:
+    """A SQLite URL whose file does not exist: nothing is stored there, and opening it would create it."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return False
+    return not database.startswith("file:") and not Path(database).exists()
 
 
 def _fail(error: InputError) -> NoReturn:
@@ -255,6 +308,7 @@ def report(
     upstream table do on measurements from the database (OVERHEAD_DATABASE_URL) or --records."""
     if records_file is not None and (runs or since or until):
         raise click.UsageError("--records cannot be combined with --runs, --since or --until")
+    _check_writable(out)
     service = _service()
     registry = service.tables
     try:
@@ -282,7 +336,7 @@ def report(
             selector["run_ids"] = list(runs) or None
             selector["since"] = parse_timestamp(since, "since") if since is not None else None
             selector["until"] = parse_timestamp(until, "until") if until is not None else None
-            database_url = settings.resolve()["DATABASE_URL"]
+            database_url = _database_url(_settings()["DATABASE_URL"], _url_source())
             store = Store(database_url)
             try:
                 columns = store.measurement_columns(**selector)
@@ -304,15 +358,31 @@ def report(
             )
     except InputError as error:
         _fail(error)
-    out.write_text(page, encoding="utf-8")
+    try:
+        out.write_text(page, encoding="utf-8")
+    except OSError as err:
+        _mistake(f"cannot write --out {out}: {err.strerror or err}")
     click.echo(f"wrote {out} ({len(page.encode()):,} bytes)")
+
+
+def _check_writable(out: Path) -> None:
+    """Before the work: ``--out`` must be a file that can be written (a missing one in a writable
+    directory; click refuses a directory)."""
+    directory = out.parent
+    if not directory.is_dir():
+        _mistake(f"cannot write --out {out}: the directory {directory} does not exist")
+    if not os.access(out if out.exists() else directory, os.W_OK):
+        _mistake(f"cannot write --out {out}: permission denied")
 
 
 @main.command("init-db")
 @click.option("--database-url", help="SQLAlchemy URL  [default: the DATABASE_URL setting]")
 def init_db(database_url: str | None) -> None:
     """Create the database schema, or upgrade it to this version; safe to run again."""
-    url = database_url or settings.resolve()["DATABASE_URL"]
+    if database_url is not None:
+        url = _database_url(database_url, "--database-url")
+    else:
+        url = _database_url(_settings()["DATABASE_URL"], _url_source())
     shown = make_url(url).render_as_string(hide_password=True)
     store = Store(url)
     try:
@@ -359,6 +429,7 @@ def serve(bind: str, workers: int | None, certfile: str | None, keyfile: str | N
     webhook's server runs as a second process, see deploy/components/webhook)."""
     if keyfile is not None and certfile is None:
         raise click.UsageError("--keyfile needs --certfile")
+    _check_serve_settings()
     argv = gunicorn_argv(bind, workers, certfile, keyfile)
     # Prometheus multiprocess mode needs the directory in gunicorn's environment from its first
     # line (prometheus_client reads it once, at import): the operator's, else a private one.
@@ -366,3 +437,28 @@ def serve(bind: str, workers: int | None, certfile: str | None, keyfile: str | N
     sys.stdout.flush()
     # exec: gunicorn's master becomes this process, so signals (SIGTERM from the kubelet) reach it.
     os.execv(argv[0], argv)
+
+
+def _check_serve_settings() -> None:
+    """Before anything is started or made (the metrics directory): the settings gunicorn's master
+    and workers will read. A mistake is one JSON log line on stderr naming the variable, exit 2."""
+    try:
+        config = settings.resolve()
+    except settings.SettingError as err:
+        _start_failure(str(err), err.variable)
+    if config["DEFAULT_TABLE"] not in TableRegistry.builtin().ids():
+        known = ", ".join(TableRegistry.builtin().ids())
+        _start_failure(
+            f"DEFAULT_TABLE {config['DEFAULT_TABLE']!r} is not a built-in table (known: {known})",
+            settings.ENV_PREFIX + "DEFAULT_TABLE",
+        )
+    missing = settings.missing_database_directory(config["DATABASE_URL"])
+    if missing is not None:
+        _start_failure(_missing_directory(missing, _url_source()), settings.ENV_PREFIX + "DATABASE_URL")
+
+
+def _start_failure(message: str, variable: str) -> NoReturn:
+    record = logging.LogRecord("overhead_service.cli", logging.ERROR, __file__, 0, message, None, None)
+    record.fields = {"setting": variable}
+    click.echo(JsonFormatter().format(record), err=True)
+    sys.exit(EXIT_BAD_INPUT)

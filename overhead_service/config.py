@@ -1,6 +1,8 @@
 """Settings of the web application: a mapping first, then ``OVERHEAD_<KEY>`` variables, then defaults.
 
-- ``DATABASE_URL``: SQLAlchemy URL of the store; default ``sqlite:///<root>/var/overhead.db``.
+- ``DATABASE_URL``: SQLAlchemy URL of the store, SQLite (``sqlite:///path``) or PostgreSQL
+  (``postgresql+psycopg://…``); default ``sqlite:///<root>/var/overhead.db``. The directory of a
+  SQLite file is never created implicitly (:func:`missing_database_directory`).
 - ``DEFAULT_ARCH``: ``cpuArch`` when a request names none; default ``amd64``.
 - ``DEFAULT_TABLE``: calibration table when a request names none; default ``kubevirt-v1.9.0``.
 - ``MAX_CONTENT_LENGTH``: largest accepted request body in bytes; default 32 MiB.
@@ -38,14 +40,28 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
 
 from overhead_service.logs import parse_level
 from overhead_service.model.admission import MODES as ADMISSION_MODES
 
-__all__ = ["ENV_PREFIX", "KEYS", "default_database_url", "resolve"]
+__all__ = [
+    "DATABASE_BACKENDS",
+    "ENV_PREFIX",
+    "KEYS",
+    "SettingError",
+    "check_database_url",
+    "default_database_url",
+    "missing_database_directory",
+    "resolve",
+]
+
+DATABASE_BACKENDS = ("sqlite", "postgresql")
 
 ENV_PREFIX = "OVERHEAD_"
 KEYS = (
@@ -100,6 +116,39 @@ def _defaults() -> dict[str, Any]:
     }
 
 
+def check_database_url(url: Any, source: str) -> str:
+    """``url`` if it is a SQLAlchemy URL of a backend the store speaks; else :class:`ValueError`
+    naming ``source`` (the setting it came from)."""
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"{source} must be a non-empty string")
+    try:
+        backend = make_url(url).get_backend_name()
+    except ArgumentError:
+        raise ValueError(
+            f"{source} is not a database URL (sqlite:///path or postgresql+psycopg://user@host/db)"
+        ) from None
+    if backend not in DATABASE_BACKENDS:
+        raise ValueError(
+            f"{source} names an unknown database {backend!r}: use sqlite:///path or "
+            "postgresql+psycopg://user@host/db"
+        )
+    return url
+
+
+def missing_database_directory(url: str) -> Path | None:
+    """The directory a SQLite database file should be in, when it does not exist (None otherwise,
+    and for PostgreSQL or an in-memory database). Nothing creates it silently: ``make serve`` and
+    ``make init-db`` create ``var/`` explicitly."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:"):
+        return None
+    directory = Path(database).parent
+    return None if directory.is_dir() else directory
+
+
 def _max_content_length(value: Any, source: str) -> int:
     """A positive byte count; environment variables arrive as strings."""
     if isinstance(value, str):
@@ -139,6 +188,64 @@ def _json_object(value: Any, source: str) -> dict[str, Any] | None:
     return value
 
 
+def _namespace(value: Any, source: str) -> str | None:
+    if not value:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{source} must be a namespace name")
+    return value
+
+
+def _text(value: Any, source: str, what: str = "a non-empty string") -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{source} must be {what}")
+    return value
+
+
+def _choice(value: Any, source: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{source} must be one of {', '.join(allowed)}")
+    return str(value)
+
+
+def _whole(value: Any, source: str) -> int:
+    minimum = _number(value, source, 1, 10**9)
+    if minimum != int(minimum):
+        raise ValueError(f"{source} must be a whole number")
+    return int(minimum)
+
+
+_CHECKS: dict[str, Callable[[Any, str], Any]] = {
+    "DATABASE_URL": check_database_url,
+    "DEFAULT_ARCH": _text,
+    "DEFAULT_TABLE": _text,
+    "MAX_CONTENT_LENGTH": _max_content_length,
+    "SYNC_SECONDS": lambda value, source: _number(value, source, 0.0, 3600.0),
+    "REQUEST_READ_SECONDS": lambda value, source: _number(value, source, 0.1, 3600.0),
+    "FIT_TARGET": lambda value, source: _number(value, source, 0.5, 0.9999),
+    "ACTIVATION_MIN_SAMPLES": _whole,
+    "LOG_LEVEL": parse_level,
+    "ADMISSION_MODE": lambda value, source: _choice(value, source, ADMISSION_MODES),
+    "ADMISSION_UPSTREAM_TABLE": lambda value, source: _text(value, source, "a table id"),
+    "KUBEVIRT_CONFIGURATION": _json_object,
+    "KUBEVIRT_NAMESPACE": _namespace,
+}
+
+
+class SettingError(ValueError):
+    """A setting is wrong; ``key`` names it (``DATABASE_URL``), ``source`` where it came from."""
+
+    def __init__(self, message: str, *, key: str, source: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.source = source
+
+    @property
+    def variable(self) -> str:
+        """The environment variable that sets it (``OVERHEAD_DATABASE_URL``)."""
+        return ENV_PREFIX + self.key
+
+
 def resolve(
     config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
@@ -152,32 +259,10 @@ def resolve(
             settings[key], sources[key] = config.pop(key), f"config key {key}"
         elif ENV_PREFIX + key in environ:
             settings[key], sources[key] = environ[ENV_PREFIX + key], f"environment variable {ENV_PREFIX}{key}"
-    for key in ("DATABASE_URL", "DEFAULT_ARCH", "DEFAULT_TABLE"):
-        if not isinstance(settings[key], str) or not settings[key]:
-            raise ValueError(f"{sources[key]} must be a non-empty string, got {settings[key]!r}")
-    settings["MAX_CONTENT_LENGTH"] = _max_content_length(
-        settings["MAX_CONTENT_LENGTH"], sources["MAX_CONTENT_LENGTH"]
-    )
-    settings["SYNC_SECONDS"] = _number(settings["SYNC_SECONDS"], sources["SYNC_SECONDS"], 0.0, 3600.0)
-    settings["REQUEST_READ_SECONDS"] = _number(
-        settings["REQUEST_READ_SECONDS"], sources["REQUEST_READ_SECONDS"], 0.1, 3600.0
-    )
-    settings["FIT_TARGET"] = _number(settings["FIT_TARGET"], sources["FIT_TARGET"], 0.5, 0.9999)
-    minimum = _number(settings["ACTIVATION_MIN_SAMPLES"], sources["ACTIVATION_MIN_SAMPLES"], 1, 10**9)
-    if minimum != int(minimum):
-        raise ValueError(f"{sources['ACTIVATION_MIN_SAMPLES']} must be a whole number")
-    settings["ACTIVATION_MIN_SAMPLES"] = int(minimum)
-    settings["LOG_LEVEL"] = parse_level(settings["LOG_LEVEL"], sources["LOG_LEVEL"])
-    if settings["ADMISSION_MODE"] not in ADMISSION_MODES:
-        raise ValueError(f"{sources['ADMISSION_MODE']} must be one of {', '.join(ADMISSION_MODES)}")
-    if not isinstance(settings["ADMISSION_UPSTREAM_TABLE"], str) or not settings["ADMISSION_UPSTREAM_TABLE"]:
-        raise ValueError(f"{sources['ADMISSION_UPSTREAM_TABLE']} must be a table id")
-    settings["KUBEVIRT_CONFIGURATION"] = _json_object(
-        settings["KUBEVIRT_CONFIGURATION"], sources["KUBEVIRT_CONFIGURATION"]
-    )
-    namespace = settings["KUBEVIRT_NAMESPACE"] or None
-    if namespace is not None and not isinstance(namespace, str):
-        raise ValueError(f"{sources['KUBEVIRT_NAMESPACE']} must be a namespace name, got {namespace!r}")
-    settings["KUBEVIRT_NAMESPACE"] = namespace
+    for key, check in _CHECKS.items():
+        try:
+            settings[key] = check(settings[key], sources[key])
+        except ValueError as err:
+            raise SettingError(str(err), key=key, source=sources[key]) from None
     settings.update(config)
     return settings

@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Final, cast
 
 import numpy as np
@@ -300,8 +299,6 @@ class Store:
     def __init__(self, url: str) -> None:
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
-        if self.is_sqlite:
-            _make_parent_directory(parsed.database)
         self.engine: Engine = create_engine(
             parsed,
             pool_pre_ping=not self.is_sqlite,
@@ -923,16 +920,6 @@ def _stack(conn: Connection, hypervisor: str, arch: str) -> list[str]:
         elif stack:
             stack.pop()
     return stack
-
-
-def _make_parent_directory(database: str | None) -> None:
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return
-    try:
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        # Not fatal: the process must still start and answer /healthz; /readyz reports the problem.
-        log.warning("cannot create the directory of the SQLite database %s: %s", database, exc)
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

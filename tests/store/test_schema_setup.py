@@ -68,6 +68,11 @@ def test_init_db_hides_the_password_and_fails_clearly(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     result = CliRunner().invoke(cli.main, ["init-db", "--database-url", f"sqlite:///{blocker}/x.db"])
+    assert result.exit_code == 2  # a mistake in the URL: said in one line, nothing created
+    assert f"the SQLite database's directory {blocker} is not a directory (--database-url)" in result.stderr
+
+    # A directory where the database file should be: SQLite cannot open it.
+    result = CliRunner().invoke(cli.main, ["init-db", "--database-url", f"sqlite:///{tmp_path}"])
     assert result.exit_code == 1
     assert "init-db: cannot create the schema in sqlite:///" in result.stderr
 

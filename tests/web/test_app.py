@@ -125,14 +125,20 @@ def test_service_is_built_once_per_app(app_factory: AppFactory, monkeypatch: pyt
 def test_sqlite_database_is_created_with_wal_and_busy_timeout(
     app_factory: AppFactory, tmp_path: Path
 ) -> None:
-    db = tmp_path / "nested" / "dir" / "overhead.db"
+    db = tmp_path / "overhead.db"
     app = app_factory(DATABASE_URL=f"sqlite:///{db}")
-    assert db.parent.is_dir()  # the store makes the directory
     with get_store(app).engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 5000
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
     assert db.is_file()
+
+
+def test_the_store_creates_no_directory(app_factory: AppFactory, tmp_path: Path) -> None:
+    db = tmp_path / "nested" / "dir" / "overhead.db"
+    app = app_factory(DATABASE_URL=f"sqlite:///{db}")  # starts, and says so in /readyz
+    assert app.test_client().get("/readyz").get_json()["checks"]["database"] == "failed"
+    assert not db.parent.exists()
 
 
 def test_healthz(client: FlaskClient) -> None:
