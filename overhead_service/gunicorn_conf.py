@@ -9,6 +9,7 @@ connections, and a slow client holds neither a process nor a thread.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import ssl as _ssl
 import sys
@@ -35,16 +36,31 @@ __all__ = [
 ]
 
 
-def cpu_count() -> int:
-    """CPUs this process may use: the affinity mask, lowered by a cgroup v2 CPU quota (pod limits)."""
+def cpu_count(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: the affinity mask, lowered by a cgroup CPU quota (pod limits),
+    cgroup v2 (``cpu.max``) or v1 (``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``)."""
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-    except (OSError, ValueError):
-        return max(count, 1)
-    if quota != "max":
-        count = min(count, -(-int(quota) // int(period)))  # ceiling: a 1.5-CPU limit gets 2 workers
+    quota = _cpu_quota(cgroup)
+    if quota is not None:
+        count = min(count, math.ceil(quota))  # a 1.5-CPU limit gets 2 workers
     return max(count, 1)
+
+
+def _cpu_quota(cgroup: Path) -> float | None:
+    """CPUs the cgroup quota allows (quota / period), or None when there is none."""
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]  # v2: "max 100000" or "150000 100000"
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    for v1 in (cgroup / "cpu", cgroup / "cpu,cpuacct"):
+        try:
+            v1_quota = int((v1 / "cpu.cfs_quota_us").read_text())  # -1: no limit
+            v1_period = int((v1 / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return v1_quota / v1_period if v1_quota > 0 and v1_period > 0 else None
+    return None
 
 
 def default_workers() -> int:

@@ -8,12 +8,16 @@ bearer tokens; a throwaway PostgreSQL cluster for the tests that run on both dat
 - ``database_url``: parametrized over ``sqlite`` and ``postgresql``; a fresh empty database (no
   schema) per test. The PostgreSQL cluster (``postgres``, session-scoped) starts on first use,
   and a failure to start fails those tests: nothing is skipped.
+- The checkout's own database (``var/overhead.db``, what ``make serve`` uses) is never touched:
+  every test sees ``OVERHEAD_DATABASE_URL`` pointing at a file of its own that does not exist,
+  and the session fails if ``var/overhead.db`` appeared or changed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,15 +54,40 @@ AppFactory = Callable[..., Flask]
 BACKENDS = ("sqlite", "postgresql")
 
 
+CHECKOUT_DATABASE = ROOT / "var" / "overhead.db"
+
+
+def _fingerprint(path: Path) -> tuple[int, int, str] | None:
+    """Size, modification time and digest of ``path``; None when it does not exist."""
+    if not path.exists():
+        return None
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _checkout_database_untouched() -> Iterator[None]:
+    """The database of ``make serve`` is the user's: fail the run if a test created or changed it."""
+    before = _fingerprint(CHECKOUT_DATABASE)
+    yield
+    after = _fingerprint(CHECKOUT_DATABASE)
+    if after != before:
+        what = "created" if before is None else "changed"
+        pytest.fail(f"a test {what} the checkout's database {CHECKOUT_DATABASE}", pytrace=False)
+
+
 @pytest.fixture(autouse=True)
-def _no_overhead_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_overhead_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests see only the settings they set: drop OVERHEAD_* inherited from the caller's shell, and
     any Kubernetes credentials (a kubeconfig, a pod's service account), so that no application
-    watches a real cluster; a test that wants a (fake) cluster says so."""
+    watches a real cluster (a test that wants a (fake) cluster says so); point the database at a
+    file of the test's own that does not exist (never the checkout's)."""
     for key in config.KEYS:
         monkeypatch.delenv(config.ENV_PREFIX + key, raising=False)
     monkeypatch.setenv("KUBECONFIG", os.devnull)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    unused = tmp_path_factory.mktemp("no-database") / "unused.db"
+    monkeypatch.setenv(config.ENV_PREFIX + "DATABASE_URL", f"sqlite:///{unused}")
 
 
 @pytest.fixture

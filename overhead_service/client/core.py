@@ -206,9 +206,14 @@ class OverheadClient:
         answer["source"] = SERVICE
         return answer
 
-    def overhead_batch(self, items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-        """``POST /v1/overhead/batch``: ``{"items": [answer or problem, ...]}`` in order."""
-        items = list(items)
+    def overhead_batch(
+        self, items: Iterable[Mapping[str, Any]] | Mapping[str, Iterable[Mapping[str, Any]]]
+    ) -> dict[str, Any]:
+        """``POST /v1/overhead/batch``: ``{"items": [answer or problem, ...]}`` in order.
+
+        ``items``: the requests, or the HTTP body itself (``{"items": [request, ...]}``).
+        """
+        items = _batch_items(items)
         try:
             answer = self._call("POST", "/v1/overhead/batch", {"items": items}, _Policy.SAFE, self._read)
         except ServiceUnavailable as err:
@@ -540,6 +545,21 @@ def _retry_after(value: str | None) -> float | None:
 def _is_table_exists(document: Mapping[str, Any]) -> bool:
     kind = document.get("type")
     return isinstance(kind, str) and kind.endswith(":table-exists")
+
+
+def _batch_items(items: Any) -> list[Mapping[str, Any]]:
+    """The requests of a batch, given as an iterable of them or as the HTTP body."""
+    if isinstance(items, Mapping):
+        if set(items) != {"items"}:
+            keys = ", ".join(repr(key) for key in items) or "none"
+            raise TypeError(
+                "overhead_batch takes the requests, or the HTTP body {'items': [request, ...]}; "
+                f"got a mapping with keys {keys}"
+            )
+        items = items["items"]
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+        raise TypeError(f"overhead_batch takes an iterable of requests, got {type(items).__name__}")
+    return list(items)
 
 
 def _fallen_back(

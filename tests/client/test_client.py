@@ -330,6 +330,19 @@ def test_fallback_uses_the_default_table_for_a_table_it_does_not_know() -> None:
     ]
 
 
+def test_overhead_batch_takes_the_http_body_too(server: GunicornServer) -> None:
+    items = [{"vmi": VMI}, BAD_CORES]
+    with client_for(server.base_url) as live, client_for(closed_port_url(), retries=0) as down:
+        for client in (live, down):
+            as_list = client.overhead_batch(items)
+            as_body = client.overhead_batch({"items": items})
+            assert as_body["items"] == as_list["items"]
+            assert as_body["items"][0] == expected({"vmi": VMI})
+            for wrong in ({"requests": items}, {"items": items, "table": "x"}, "items", 42):
+                with pytest.raises(TypeError, match="overhead_batch takes"):
+                    client.overhead_batch(wrong)  # type: ignore[arg-type]
+
+
 def test_fallback_answers_are_the_callers_own() -> None:
     with client_for(closed_port_url(), retries=0) as down:
         first = down.overhead({"vmi": VMI})
