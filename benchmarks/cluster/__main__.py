@@ -1,4 +1,5 @@
-"""``python -m benchmarks.cluster --config shapes.yaml``: the command line of the cluster benchmark.
+"""``python -m benchmarks.cluster --config shapes.yaml``: the command line of the cluster benchmark
+(``--dry-run`` alone prints the VMIs of the shipped configuration).
 
 Exit status: 0 every sample measured and delivered; 1 some sample failed, was not run or not
 uploaded (the records then follow on standard output); 2 refused before creating anything (bad
@@ -19,7 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from types import FrameType
 
-from benchmarks.cluster.config import Config, ConfigError, load_config
+from benchmarks.cluster.config import SHIPPED_CONFIG, Config, ConfigError, load_config
 from benchmarks.cluster.kube import KubeError, open_client
 from benchmarks.cluster.runner import Benchmark, PreflightError, Terminated
 from benchmarks.cluster.upload import JsonLinesSink, Uploader, UploadError
@@ -64,7 +65,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.cluster",
         description="Measure virt-launcher memory overhead on a KubeVirt cluster and upload the records.",
     )
-    parser.add_argument("--config", required=True, help="the YAML configuration (shape matrix, pool, timing)")
+    parser.add_argument(
+        "--config",
+        default=str(SHIPPED_CONFIG),
+        help="the YAML configuration (shape matrix, pool, timing), or a ConfigMap holding it as "
+        "shapes.yaml (default: the shipped deploy/benchmark/configmap.yaml)",
+    )
     parser.add_argument("--run-id", default="", help="overrides runId")
     parser.add_argument("--node", default="", help="overrides pool.node")
     parser.add_argument(

@@ -143,14 +143,24 @@ class Config:
     meminfo_path: str = "/proc/meminfo"
 
 
+SHIPPED_CONFIG: Final = Path(__file__).resolve().parents[2] / "deploy" / "benchmark" / "configmap.yaml"
+"""The ConfigMap the Job mounts: its ``shapes.yaml`` is the shipped configuration."""
+
+
 def load_config(path: str | Path) -> Config:
-    """The configuration in the YAML file at ``path``."""
+    """The configuration in the YAML file at ``path``: the configuration itself, or a Kubernetes
+    ConfigMap holding it under ``shapes.yaml`` (as ``deploy/benchmark/configmap.yaml`` does)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("", f"cannot read {path}: {exc.strerror or exc}") from None
     try:
         data = yaml.safe_load(text)
+        if isinstance(data, dict) and data.get("kind") == "ConfigMap":
+            shapes = (data.get("data") or {}).get("shapes.yaml")
+            if not isinstance(shapes, str):
+                raise ConfigError("", f"{path} is a ConfigMap without data.shapes.yaml")
+            data = yaml.safe_load(shapes)
     except yaml.YAMLError as exc:
         raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
     return parse_config(data)

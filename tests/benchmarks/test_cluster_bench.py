@@ -808,6 +808,26 @@ def test_dry_run_prints_the_vmis_without_a_cluster(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "config_args", [[], ["--config", "deploy/benchmark/configmap.yaml"]], ids=["default", "configmap"]
+)
+def test_dry_run_as_documented_uses_the_shipped_configuration(config_args: list[str]) -> None:
+    """docs/cluster-benchmark.md: ``python -m benchmarks.cluster --dry-run`` from the checkout."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cluster", *config_args, "--dry-run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    config = _shipped_config()
+    vmis = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(vmis) == len(config.shapes) * config.repetitions
+    assert {v["kind"] for v in vmis} == {"VirtualMachineInstance"}
+    assert "--dry-run" in (ROOT / "docs" / "cluster-benchmark.md").read_text()
+
+
 # --- pieces ---------------------------------------------------------------------------------------
 
 
