@@ -13,12 +13,19 @@ one thread driving raw HTTP/1.1 keep-alive sockets through epoll, so that a Pyth
 little CPU as it can. Every figure names the client that produced it. Both share the machine's
 CPUs with the server, so on a small machine the client takes part of the capacity it measures.
 
-Bounded: ``--duration`` per endpoint and level, ``--max-seconds`` overall (levels that would not
-fit are skipped and listed). The server is stopped at the end, on an error, on Ctrl-C and on
+After the levels, two more rounds (:mod:`benchmarks.load_rounds`): slow clients
+(``--slow-connections`` sockets trickling a byte a second while a normal client's latency is
+measured, and how soon the server closes them) and a soak (``--soak-seconds`` of mixed traffic:
+overhead, render, batches, uploads, fits, scrapes; errors, p99, records acknowledged but not
+stored, and the workers' memory before and after).
+
+Bounded: ``--duration`` per endpoint and level, ``--max-seconds`` overall (levels and rounds that
+would not fit are skipped and listed). The server is stopped at the end, on an error, on Ctrl-C and on
 SIGTERM. Exit status: 0 when every answer was 2xx, 1 when some were not (or sockets failed), 130
 when interrupted.
 
-    python -m benchmarks.bench_load [--levels 1,2,4,8,16,32,64] [--duration 3] [--rounds 3] [--json out.json]
+    python -m benchmarks.bench_load [--levels 1,2,4,8,16,32,64] [--duration 3] [--rounds 3]
+        [--slow-connections 64] [--soak-seconds 180] [--json out.json]
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from typing import Any
 from benchmarks.corpus import corpus
 from benchmarks.harness.server import GunicornServer
 from benchmarks.harness.tokens import TOKENS
+from benchmarks.load_rounds import rounds_ok, slow_report, slow_round, soak_report, soak_round
 from overhead_service.gunicorn_conf import cpu_count
 from overhead_service.model.vmi import memo_key
 
@@ -432,8 +440,13 @@ def preflight(port: int, bodies: Sequence[str]) -> None:
 
 @contextmanager
 def gunicorn(
-    workers: int, threads: int | None, timeout: float, worker_class: str | None = None
+    workers: int,
+    threads: int | None,
+    timeout: float,
+    worker_class: str | None = None,
+    read_seconds: float | None = None,
 ) -> Iterator[GunicornServer]:
+    env = {} if read_seconds is None else {"OVERHEAD_REQUEST_READ_SECONDS": str(read_seconds)}
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         server = GunicornServer(
             f"sqlite:///{tmp}/bench.db",
@@ -441,6 +454,7 @@ def gunicorn(
             workers=workers,
             threads=threads,
             worker_class=worker_class,
+            env=env,
         )
         try:
             yield server.start(timeout=timeout)
@@ -457,7 +471,7 @@ def gunicorn(
 def run(args: argparse.Namespace, out: Any = sys.stdout) -> dict[str, Any]:
     began = time.monotonic()
     deadline = began + args.max_seconds
-    levels = [int(n) for n in args.levels.split(",")]
+    levels = [int(n) for n in args.levels.split(",") if n.strip()]
     client = args.client
     if client == "auto":
         client = "wrk" if shutil.which("wrk") else "python"
@@ -481,6 +495,9 @@ def run(args: argparse.Namespace, out: Any = sys.stdout) -> dict[str, Any]:
         },
         "levels": [],
         "skipped_levels": [],
+        "slow": None,
+        "soak": None,
+        "skipped_rounds": [],
         "stopped": None,
         "totals": {},
     }
@@ -498,15 +515,20 @@ def run(args: argparse.Namespace, out: Any = sys.stdout) -> dict[str, Any]:
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with gunicorn(
-            args.workers, args.threads, max(deadline - time.monotonic(), 1), args.worker_class
+            args.workers,
+            args.threads,
+            max(deadline - time.monotonic(), 1),
+            args.worker_class,
+            args.read_seconds,
         ) as server:
             report["meta"]["server_pid"] = server.pid
             report["meta"]["server_port"] = server.port
             print(f"# gunicorn master pid {server.pid} on port {server.port}", file=out, flush=True)
             preflight(server.port, bodies)
             if args.warmup > 0:
-                run_endpoint("python", server.port, OVERHEAD, bodies, min(levels), args.warmup)
-            print(_HEADER, file=out, flush=True)
+                run_endpoint("python", server.port, OVERHEAD, bodies, min(levels, default=1), args.warmup)
+            if levels:
+                print(_HEADER, file=out, flush=True)
             per_run = (max(1, round(args.duration)) if client == "wrk" else args.duration) + RUN_SLACK_SECONDS
             for connections in levels:
                 if time.monotonic() + 2 * args.rounds * per_run > deadline:
@@ -551,12 +573,14 @@ def run(args: argparse.Namespace, out: Any = sys.stdout) -> dict[str, Any]:
                 file=out,
                 flush=True,
             )
+            _extra_rounds(args, report, server, [b.encode() for b in bodies], deadline, out)
     except (KeyboardInterrupt, Interrupted):
         report["stopped"] = "interrupted"
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     runs = [r for level in report["levels"] for rounds in level["rounds"].values() for r in rounds]
+    report["rounds_ok"] = rounds_ok(report["slow"], report["soak"])
     report["totals"] = {
         "answers": sum(r["answers"] for r in runs),
         "non_2xx": sum(r["non_2xx"] for r in runs),
@@ -577,6 +601,33 @@ def run(args: argparse.Namespace, out: Any = sys.stdout) -> dict[str, Any]:
         flush=True,
     )
     return report
+
+
+def _extra_rounds(
+    args: argparse.Namespace,
+    report: dict[str, Any],
+    server: GunicornServer,
+    bodies: list[bytes],
+    deadline: float,
+    out: Any,
+) -> None:
+    """The slow-client and soak rounds, each when it fits in what is left of ``--max-seconds``."""
+    if args.slow_connections:
+        if time.monotonic() + args.slow_seconds + 10 > deadline:
+            report["skipped_rounds"].append("slow")
+        else:
+            slow = report["slow"] = slow_round(
+                server.port, bodies[0], args.slow_connections, args.slow_seconds
+            )
+            print(slow_report(slow), file=out, flush=True)
+    if args.soak_seconds:
+        if time.monotonic() + args.soak_seconds + 60 > deadline:
+            report["skipped_rounds"].append("soak")
+        else:
+            soak = report["soak"] = soak_round(
+                server, bodies, args.soak_seconds, args.soak_clients, memory_report
+            )
+            print(soak_report(soak), file=out, flush=True)
 
 
 _HEADER = (
@@ -608,7 +659,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--rounds", type=int, default=3, help="alternating rounds per level; rows show the median (default 3)"
     )
     parser.add_argument(
-        "--max-seconds", type=float, default=240.0, help="bound on the whole run (default 240)"
+        "--max-seconds", type=float, default=480.0, help="bound on the whole run (default 480)"
     )
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto", help="load generator")
     parser.add_argument("--bodies", type=int, default=500, help="distinct VMIs cycled through (default 500)")
@@ -617,6 +668,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="threads per worker (default: the project's)")
     parser.add_argument(
         "--worker-class", help="another gunicorn worker class, to compare (default: the project's)"
+    )
+    parser.add_argument(
+        "--slow-connections", type=int, default=64, help="slow-client round: trickling connections (0: skip)"
+    )
+    parser.add_argument(
+        "--slow-seconds",
+        type=float,
+        default=20.0,
+        help="slow-client round: how long to follow them (default 20)",
+    )
+    parser.add_argument(
+        "--soak-seconds", type=float, default=180.0, help="soak round length (0: skip; default 180)"
+    )
+    parser.add_argument("--soak-clients", type=int, default=4, help="soak round: hot-path client threads")
+    parser.add_argument(
+        "--read-seconds", type=float, help="the server's REQUEST_READ_SECONDS (default: the project's, 10)"
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -634,7 +701,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(json.dumps(report, indent=2))
     if report["stopped"] == "interrupted":
         return 130
-    return 1 if report["totals"]["non_2xx"] or report["totals"]["socket_errors"] else 0
+    failed = report["totals"]["non_2xx"] or report["totals"]["socket_errors"] or not report["rounds_ok"]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
