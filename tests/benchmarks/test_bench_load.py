@@ -1,6 +1,8 @@
 """benchmarks/bench_load.py: a brief run with the built-in client gives a well-formed report in which
-every answer was 2xx, and the server is gone afterwards, also when the run is interrupted; the
-built-in client counts every answer by status. No timing is asserted: these check structure."""
+every answer was 2xx, the slow-client round saw every slow connection answered 408 and closed while
+a fresh client was answered, the soak lost no acknowledged record, and the server is gone
+afterwards, also when the run is interrupted; the built-in client counts every answer by status.
+No timing is asserted: these check structure."""
 
 from __future__ import annotations
 
@@ -47,8 +49,10 @@ def test_brief_run_reports_every_level_and_endpoint_all_2xx(tmp_path: Path) -> N
     out = tmp_path / "load.json"
     argv = ["--client", "python", "--levels", "1,3", "--duration", "1", "--warmup", "0", "--rounds", "2"]
     argv += ["--bodies", "40", "--workers", "2", "--json", str(out)]
+    argv += ["--slow-connections", "8", "--slow-seconds", "8", "--read-seconds", "2"]
+    argv += ["--soak-seconds", "4", "--soak-clients", "1"]
     result = subprocess.run(
-        [*BENCH, *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=_environment()
+        [*BENCH, *argv], capture_output=True, text=True, timeout=180, cwd=tmp_path, env=_environment()
     )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
@@ -87,6 +91,16 @@ def test_brief_run_reports_every_level_and_endpoint_all_2xx(tmp_path: Path) -> N
     assert memory["total_pss_mib"] == pytest.approx(
         memory["master"]["pss"] + sum(w["pss"] for w in memory["workers"]), abs=0.2
     )
+    slow = report["slow"]
+    assert slow["connections"] == 8 and slow["answered"] == {"408": 8} and slow["still_open"] == 0
+    assert slow["during"]["count"] > 0 and slow["during"]["failures"] == {}
+    assert slow["baseline"]["count"] > 0 and slow["baseline"]["failures"] == {}
+    soak = report["soak"]
+    assert soak["errors"] == 0 and soak["lost_records"] == 0 and soak["acknowledged_records"] > 0
+    assert {"overhead", "render", "batch", "upload", "metrics"} <= set(soak["operations"])
+    assert len(soak["memory_before"]["workers"]) == len(soak["memory_after"]["workers"]) == 2
+    assert soak["workers_restarted"] is False and report["rounds_ok"] is True
+    assert report["skipped_rounds"] == []
     # The printed table: one row per endpoint and level, each naming its client.
     rows = [line for line in result.stdout.splitlines() if line.startswith("python |")]
     assert len(rows) == 4
@@ -102,7 +116,18 @@ def _ignore_sigint() -> None:
 def test_interrupted_run_stops_the_server_and_reports(tmp_path: Path, signum: int) -> None:
     out = tmp_path / "load.json"
     argv = ["--client", "python", "--levels", "2", "--duration", "60", "--warmup", "0", "--bodies", "20"]
-    argv += ["--rounds", "1", "--workers", "1", "--json", str(out)]
+    argv += [
+        "--rounds",
+        "1",
+        "--workers",
+        "1",
+        "--json",
+        str(out),
+        "--slow-connections",
+        "0",
+        "--soak-seconds",
+        "0",
+    ]
     # Started as a background job of a non-interactive shell is (as CI may start it): SIGINT
     # ignored on entry, which Python leaves as it is. The benchmark must still stop on it.
     process = subprocess.Popen(
