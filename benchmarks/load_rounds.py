@@ -254,6 +254,21 @@ def _operator(state: _Soak, upload_every: float, scrape_every: float, fit_every:
                     state.acknowledged.update((r["runId"], r["sampleId"]) for r in records)
 
 
+def _sample_memory(
+    server: GunicornServer,
+    state: _Soak,
+    memory: Callable[[GunicornServer], dict[str, Any]],
+    timeline: list[dict[str, Any]],
+) -> None:
+    """The workers' RSS six times during the soak: does it level off?"""
+    started = time.monotonic()
+    step = (state.deadline - started) / 6
+    while time.monotonic() + step <= state.deadline + 0.5:
+        time.sleep(step)
+        sizes = memory(server)["workers"]
+        timeline.append({"at_s": round(time.monotonic() - started), "rss_mib": [w["rss"] for w in sizes]})
+
+
 def stored_keys(base_url: str) -> set[tuple[str, str]]:
     """Every (runId, sampleId) stored, read page by page from GET /v1/measurements."""
     keys: set[tuple[str, str]] = set()
@@ -283,6 +298,10 @@ def soak_round(
     state = _Soak(server.base_url, bodies, time.monotonic() + seconds)
     threads = [threading.Thread(target=_hot_path, args=(state, i), daemon=True) for i in range(clients)]
     threads.append(threading.Thread(target=_operator, args=(state, 0.5, 1.0, 15.0), daemon=True))
+    timeline: list[dict[str, Any]] = []
+    threads.append(
+        threading.Thread(target=_sample_memory, args=(server, state, memory, timeline), daemon=True)
+    )
     started = time.monotonic()
     for thread in threads:
         thread.start()
@@ -309,6 +328,7 @@ def soak_round(
         "workers_restarted": sorted(server.worker_pids()) != workers_before,
         "memory_before": memory_before,
         "memory_after": memory_after,
+        "memory_timeline": timeline,
     }
 
 
@@ -350,6 +370,12 @@ def soak_report(soak: dict[str, Any]) -> str:
     lines.append(
         f"records acknowledged {soak['acknowledged_records']}, lost {soak['lost_records']}; errors "
         f"{soak['errors']}; workers restarted: {'yes' if soak['workers_restarted'] else 'no'}"
+    )
+    lines.append(
+        "worker RSS MiB during: "
+        + "; ".join(
+            f"{m['at_s']} s {'/'.join(str(r) for r in m['rss_mib'])}" for m in soak["memory_timeline"]
+        )
     )
     lines.append(
         "worker memory RSS/PSS MiB before: "

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -229,15 +230,24 @@ def test_slow_clients_hold_no_thread_and_are_closed(tmp_path: Path) -> None:
         slow = _trickle(server, 64)
     finally:
         server.__exit__()
-    assert slow["fresh"] == [200] * 6
-    assert len(slow["answers"]) == 64
-    for answer in slow["answers"].values():
+    assert slow.fresh == [200] * 6
+    assert len(slow.answers) == 64
+    for answer in slow.answers:
         document = assert_problem(answer, 408)
         assert f"{READ_SECONDS} s" in str(document["detail"])
-    assert slow["closed"] == 64
+    assert slow.closed == 64
 
 
-def _trickle(server: GunicornServer, count: int) -> dict[str, object]:
+@dataclass
+class Trickled:
+    """What the slow-client test saw: the fresh client's statuses, the slow ones' answers."""
+
+    fresh: list[int]
+    answers: list[Answer | None]
+    closed: int
+
+
+def _trickle(server: GunicornServer, count: int) -> Trickled:
     head = request_head("GET", "/healthz", {"X-Slow": "a" * 200})
     body_head = request_head(
         "POST", "/v1/overhead", {"Content-Type": "application/json", "Content-Length": str(len(BODY))}
@@ -279,7 +289,7 @@ def _trickle(server: GunicornServer, count: int) -> dict[str, object]:
     finally:
         for sock in sockets:
             sock.close()
-    return {"fresh": fresh, "answers": answers, "closed": closed}
+    return Trickled(fresh, list(answers.values()), closed)
 
 
 # --- TLS: the handshake on the event loop too ------------------------------------------------------
@@ -355,8 +365,8 @@ def test_tls_requests_are_read_on_the_loop_too(tls_server: int) -> None:
         context.wrap_socket(raw) as sock,
     ):
         sock.sendall(b"GET /healthz HTTP/1.1\r\n")
-        answer = read_answer(sock, READ_SECONDS + 5)
-    assert_problem(answer, 408)
+        timed_out = read_answer(sock, READ_SECONDS + 5)
+    assert_problem(timed_out, 408)
     with socket.create_connection(("127.0.0.1", tls_server), timeout=10) as stalled:
         stalled.sendall(b"\x16")  # a handshake that never finishes: closed without an answer
         stalled.settimeout(READ_SECONDS + 5)
