@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Answer", "exchange", "parse_answer", "read_answer", "request_head"]
+__all__ = ["Answer", "exchange", "parse_answer", "read_answer", "read_answers", "request_head"]
 
 
 @dataclass
@@ -63,21 +63,31 @@ def parse_answer(data: bytes, *, head_only: bool = False) -> tuple[Answer, bytes
 
 def read_answer(sock: socket.socket, timeout: float, *, head_only: bool = False) -> Answer | None:
     """Read one answer from ``sock``; None when the server closes without a whole answer."""
-    sock.settimeout(timeout)
+    answers = read_answers(sock, 1, timeout, head_only=head_only)
+    return answers[0] if answers else None
+
+
+def read_answers(sock: socket.socket, count: int, timeout: float, *, head_only: bool = False) -> list[Answer]:
+    """Read up to ``count`` answers in a row from ``sock`` (pipelined requests), fewer when the
+    server closes first or ``timeout`` passes."""
+    answers: list[Answer] = []
     data = b""
     deadline = time.monotonic() + timeout
-    while True:
+    while len(answers) < count:
         parsed = parse_answer(data, head_only=head_only)
         if parsed is not None:
-            return parsed[0]
+            answers.append(parsed[0])
+            data = parsed[1]
+            continue
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
         try:
             chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return None
+        except (ConnectionResetError, TimeoutError):
+            break
         if not chunk:
-            return None
+            break
         data += chunk
+    return answers
 
 
 def exchange(

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from benchmarks.harness.rawhttp import Answer, exchange, read_answer, request_head
+from benchmarks.harness.rawhttp import Answer, exchange, read_answer, read_answers, request_head
 from benchmarks.harness.server import ROOT, GunicornServer
 from benchmarks.harness.tokens import ADMIN_TOKEN, INGEST_TOKEN, TOKENS
 from overhead_service.errors import PROBLEM_BASE
@@ -41,6 +41,7 @@ READ_SECONDS = 2
 PROBLEM = "application/problem+json"
 BODY = json.dumps({"vmi": {"spec": {"domain": {"resources": {"requests": {"memory": "1Gi"}}}}}}).encode()
 INGEST = {"Authorization": f"Bearer {INGEST_TOKEN}"}
+JSON_TYPE = {"Content-Type": "application/json"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 # Every route that reads a body, with what it needs to get as far as reading it.
@@ -214,6 +215,49 @@ def test_expect_100_continue_is_answered_before_the_body(server: GunicornServer)
         answer = read_answer(sock, 10)
     assert answer is not None and answer.status == 200 and answer.interim == []
     assert answer.json()["overhead"]["bytes"] > 0
+
+
+def test_pipelined_requests_are_answered_in_order(server: GunicornServer) -> None:
+    """Requests sent back to back in one write, the first with a body larger than one read of
+    the head (so the requests behind it are still held when it has been answered): three answers,
+    in order."""
+    batch = json.dumps({"items": [json.loads(BODY)] * 400}).encode()
+    assert len(batch) > 16 * 1024
+    first = request_head("POST", "/v1/overhead/batch", {**JSON_TYPE, "Content-Length": str(len(batch))})
+    raw = first + batch + request_head("GET", "/healthz") + request_head("GET", "/v1/tables/nope")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(raw)
+        answers = read_answers(sock, 3, 10)
+    assert [a.status for a in answers] == [200, 200, 404]
+    assert len(answers[0].json()["items"]) == 400
+
+
+def test_a_request_over_the_buffer_budget_is_read_by_its_thread(tmp_path: Path) -> None:
+    """Beyond the worker's buffer budget a thread reads the rest of the body itself: whole, or
+    cut at the read deadline with a 408 problem."""
+    server = GunicornServer(
+        f"sqlite:///{tmp_path / 'db.sqlite'}",
+        tokens=TOKENS,
+        workers=1,
+        env={"OVERHEAD_REQUEST_READ_SECONDS": str(READ_SECONDS)},
+        worker_class="tests.support.workers.SmallBudgetWorker",
+    ).start()
+    try:
+        batch = json.dumps({"items": [json.loads(BODY)] * 2000}).encode()  # about 170 KiB
+        assert len(batch) > 2 * 64 * 1024
+        whole = requests.post(
+            f"{server.base_url}/v1/overhead/batch", data=batch, headers=JSON_TYPE, timeout=30
+        )
+        assert whole.status_code == 200 and len(whole.json()["items"]) == 2000
+
+        head = request_head("POST", "/v1/overhead/batch", {**JSON_TYPE, "Content-Length": str(len(batch))})
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(head + batch[: 100 * 1024])  # then nothing more
+            answer = read_answer(sock, READ_SECONDS + 10)
+        document = assert_problem(answer, 408)
+        assert document["type"] == PROBLEM_BASE + "request-timeout"
+    finally:
+        server.__exit__()
 
 
 def test_slow_clients_hold_no_thread_and_are_closed(tmp_path: Path) -> None:
