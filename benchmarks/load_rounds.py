@@ -291,13 +291,18 @@ def soak_round(
     seconds: float,
     clients: int,
     memory: Callable[[GunicornServer], dict[str, Any]],
+    *,
+    upload_every: float = 0.5,
+    scrape_every: float = 1.0,
+    fit_every: float = 15.0,
 ) -> dict[str, Any]:
-    """The soak (module docstring)."""
+    """The soak (module docstring); the operator's pace in seconds between its requests."""
     workers_before = sorted(server.worker_pids())
     memory_before = memory(server)
     state = _Soak(server.base_url, bodies, time.monotonic() + seconds)
     threads = [threading.Thread(target=_hot_path, args=(state, i), daemon=True) for i in range(clients)]
-    threads.append(threading.Thread(target=_operator, args=(state, 0.5, 1.0, 15.0), daemon=True))
+    operator = (state, upload_every, scrape_every, fit_every)
+    threads.append(threading.Thread(target=_operator, args=operator, daemon=True))
     timeline: list[dict[str, Any]] = []
     threads.append(
         threading.Thread(target=_sample_memory, args=(server, state, memory, timeline), daemon=True)

@@ -302,7 +302,7 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn shi
         return True
 
     def _dispatch(self, conn: Any, reading: _Reading, partial: bool = False) -> bool:
-        """Hand the request to a thread, its bytes put back in front of the parser."""
+        """Hand the request to a thread, the bytes read so far held for its parser."""
         del self.readings[conn]
         self.buffered -= len(reading.data)
         if conn.parser is None:
