@@ -29,7 +29,7 @@ from overhead_service.logs import CONTEXT
 from overhead_service.model.admission import MODES, Decision
 from overhead_service.web.common import json_response
 from overhead_service.web.metrics import ADMISSION_BYTES, ADMISSION_ERRORS, ADMISSIONS
-from overhead_service.web.parsing import answer_json
+from overhead_service.web.parsing import answer_json, query_args, reads_query
 
 __all__ = ["NotAnAdmissionReview", "bp"]
 
@@ -140,8 +140,11 @@ def _observe(decision: Decision, state: str, uid: str) -> None:
 
 @bp.post("/vmi", defaults={"mode": None})
 @bp.post("/vmi/<mode>")
+@reads_query
 def review(mode: str | None) -> Response:
     """Admit one VMI: always allowed, patched as the mode says."""
+    # The API server adds its webhook timeout to the URL (client-go's Request.URL: ?timeout=10s).
+    query_args(("timeout",)).text("timeout", 32)
     if mode is not None and mode not in MODES:
         raise NotFound(f"no admission mode {mode!r}; modes: {', '.join(MODES)}")
     chosen = mode or current_app.config["ADMISSION_MODE"]

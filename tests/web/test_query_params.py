@@ -10,6 +10,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from benchmarks.harness.reviews import admission_review, defaulted_vmi
 from overhead_service.errors import PROBLEM_BASE
 from overhead_service.web.parsing import MAX_QUERY_STRING
 
@@ -83,6 +84,14 @@ def test_every_value_is_bounded(client: FlaskClient, url: str, path: str) -> Non
     response = client.get(url)
     assert response.status_code == 422, response.get_data(as_text=True)
     assert response.get_json()["errors"][0]["path"] == path
+
+
+def test_the_webhook_takes_the_api_servers_timeout_parameter(client: FlaskClient) -> None:
+    """The API server calls a webhook with ``?timeout=10s`` (client-go's Request.URL)."""
+    review = admission_review(defaulted_vmi())
+    answer = client.post("/v1/admission/vmi?timeout=10s", json=review)
+    assert answer.status_code == 200 and answer.get_json()["response"]["allowed"] is True
+    assert client.post("/v1/admission/vmi?timeout=" + "9" * 40, json=review).status_code == 422
 
 
 def test_a_rollback_with_nothing_active_does_not_say_none(
