@@ -435,13 +435,14 @@ class FakeKubeVirts:
         return Stream(self._events(namespace, since, seconds, drop))
 
     def _events(self, namespace: str, since: int, seconds: float, drop: int | None) -> Iterator[Any]:
-        if since < self.expired_before:
+        with self.changed:  # one look at both: a compaction between them would leak its change
+            expired, epoch = since < self.expired_before, self.epoch
+        if expired:
             message = f"too old resource version: {since} ({self.expired_before})"
             yield {"type": "ERROR", "object": status(410, "Expired", message)}
             return
         deadline = time.monotonic() + seconds
         sent = 0
-        epoch = self.epoch
         while not self.closing.is_set():
             with self.changed:
                 if self.epoch != epoch:
