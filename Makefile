@@ -15,7 +15,18 @@ BIND ?= 0.0.0.0:$(PORT)
 # benchmark uses (wrk; it falls back to a Python client).
 # qemu-system-x86 and binutils: tests/test_measure.py builds a tiny guest and boots it under QEMU.
 # openssl: tests/integration/test_hostile_clients.py makes a self-signed certificate for TLS.
-TEST_SYSTEM_PACKAGES ?= postgresql-15 qemu-system-x86 binutils openssl
+# libvirt-daemon, libvirt-daemon-driver-qemu and libvirt-clients: tests/benchmarks/test_measure_libvirt.py
+# starts it through a private libvirtd and virtlogd (these packages enable or start no service).
+TEST_SYSTEM_PACKAGES ?= postgresql-15 qemu-system-x86 binutils openssl libvirt-daemon libvirt-daemon-driver-qemu \
+	libvirt-clients
+# What benchmarks/measure/build-virtqemud.sh needs to build virtqemud from Debian's libvirt source
+# package: the tools, and the -dev packages of the libraries Debian's libvirt.so.0 links.
+LIBVIRT_BUILD_PACKAGES ?= dpkg-dev meson ninja-build gcc pkg-config perl python3 libxml2-utils xsltproc \
+	rpcsvc-proto libglib2.0-dev libxml2-dev libacl1-dev libattr1-dev libaudit-dev libcap-ng-dev \
+	libgnutls28-dev libnl-3-dev libnl-route-3-dev libnuma-dev libselinux1-dev libapparmor-dev \
+	libyajl-dev libssh2-1-dev libssh-dev libsasl2-dev libtirpc-dev libcurl4-gnutls-dev systemtap-sdt-dev
+# A deb-src twin of the Debian sources apt already uses (for apt-get source libvirt).
+DEB_SRC_LIST ?= /etc/apt/sources.list.d/overhead-service-deb-src.sources
 BENCH_SYSTEM_PACKAGES ?= wrk
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
@@ -30,6 +41,7 @@ missing="$$(for p in $(1); do dpkg -s "$$p" >/dev/null 2>&1 || echo "$$p"; done)
 endef
 
 .PHONY: help serve test lint bench bench-ingest init-db venv install install-test system-deps bench-deps clean
+.PHONY: libvirt-build-deps libvirt-virtqemud measure-libvirt
 
 help:
 	@echo "make serve   run overhead-service on $(BIND) (SQLite under var/)"
@@ -43,6 +55,8 @@ help:
 	@echo "make init-db create or upgrade the database schema (DATABASE_URL; serve does it too)"
 	@echo "make image   build the container image with docker or podman (IMAGE=...; not run in CI)"
 	@echo "make measure boot QEMU guests and measure them (MEASURE_CONFIG, MEASURE_ARGS; see benchmarks/measure)"
+	@echo "make libvirt-virtqemud  build virtqemud from Debian's libvirt source package (cached)"
+	@echo "make measure-libvirt    measure QEMU, virtqemud and virtlogd as KubeVirt runs them (LIBVIRT_CONFIG)"
 
 # --- environments -----------------------------------------------------------------------------
 
@@ -122,6 +136,30 @@ MEASURE_ARGS ?= --out var/measure-$(basename $(notdir $(MEASURE_CONFIG))).jsonl
 measure: install system-deps
 	mkdir -p var
 	$(BIN)/python -m benchmarks.measure --config $(MEASURE_CONFIG) $(MEASURE_ARGS)
+
+# The libvirt path (benchmarks/measure/README.md): virtqemud built from Debian's source package,
+# cached under ~/.cache/overhead-service/libvirt-<version>/ and reused; about 2 minutes on 2 CPUs.
+libvirt-build-deps:
+	@if ! apt-get source --print-uris libvirt >/dev/null 2>&1; then \
+		echo "adding $(DEB_SRC_LIST) (deb-src for the Debian mirror apt uses)"; \
+		if [ -f /etc/apt/sources.list.d/debian.sources ]; then \
+			sed -e 's/^Types: deb$$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources | \
+				$(SUDO) tee $(DEB_SRC_LIST) >/dev/null; \
+		else \
+			grep -h '^deb ' /etc/apt/sources.list | sed 's/^deb /deb-src /' | \
+				$(SUDO) tee $(DEB_SRC_LIST:.sources=.list) >/dev/null; \
+		fi; \
+		$(SUDO) apt-get update -qq; \
+	fi
+	@$(call apt-install-missing,$(LIBVIRT_BUILD_PACKAGES) libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
+
+libvirt-virtqemud: libvirt-build-deps
+	bash benchmarks/measure/build-virtqemud.sh
+
+LIBVIRT_CONFIG ?= benchmarks/measure/libvirt-smoke.yaml
+LIBVIRT_ARGS ?= --out var/measure-$(basename $(notdir $(LIBVIRT_CONFIG))).jsonl
+measure-libvirt: install system-deps libvirt-virtqemud
+	$(BIN)/python -m benchmarks.measure libvirt --config $(LIBVIRT_CONFIG) --daemon virtqemud $(LIBVIRT_ARGS)
 
 init-db: install
 	mkdir -p var

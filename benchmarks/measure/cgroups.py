@@ -19,9 +19,11 @@ allocations made on behalf of the VM.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +74,21 @@ class MemoryCgroup:
 
     def pids(self) -> list[int]:
         return [int(line) for line in (self.path / "cgroup.procs").read_text().split()]
+
+    def delegate(self, uid: int, gid: int) -> None:
+        """Let ``uid`` move its own processes in here (a process entering its cgroup before exec)."""
+        os.chown(self.path / "cgroup.procs", uid, gid)
+
+    def kill_all(self) -> list[int]:
+        """SIGKILL whatever is still inside (a safety net after an orderly stop); returns the pids."""
+        try:
+            pids = self.pids()
+        except FileNotFoundError:
+            return []
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return pids
 
     def read(self) -> CgroupFigures:
         stat = _stat(self.path / "memory.stat")
@@ -176,12 +193,12 @@ def find_memory_parent(proc_cgroup: str | None = None, mountinfo: str | None = N
     raise CgroupError("no memory cgroup controller: neither cgroup v2 with memory nor a v1 memory hierarchy")
 
 
-def create_memory_cgroup(parent: tuple[int, Path] | None = None) -> MemoryCgroup:
-    """A new, empty child memory cgroup (named ``overhead-measure-<pid>-<n>``)."""
+def create_memory_cgroup(parent: tuple[int, Path] | None = None, name: str | None = None) -> MemoryCgroup:
+    """A new, empty child memory cgroup (named ``name``, by default ``overhead-measure-<pid>-<n>``)."""
     version, directory = parent or find_memory_parent()
     if version == 2:
         _enable_v2_memory(directory)
-    path = directory / f"{PREFIX}-{os.getpid()}-{next(_counter)}"
+    path = directory / (name or f"{PREFIX}-{os.getpid()}-{next(_counter)}")
     try:
         path.mkdir()
     except OSError as exc:

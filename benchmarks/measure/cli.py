@@ -5,6 +5,7 @@ upload the records (or write them as JSON Lines).
     python -m benchmarks.measure --config grid.yaml --url http://svc:8080 --token T --max-seconds 3600
     python -m benchmarks.measure upload /tmp/smoke.jsonl --url http://svc:8080 --token T
     python -m benchmarks.measure build-guest
+    python -m benchmarks.measure libvirt --config benchmarks/measure/libvirt-smoke.yaml --out s.jsonl
 
 ``--url``/``--token`` default to ``$OVERHEAD_URL``/``$OVERHEAD_TOKEN``. Progress goes to stderr;
 a one-line JSON summary of the run (or upload) to stdout. Exit status: 0 all measured (and
@@ -160,6 +161,14 @@ def _run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"error: {exc}", file=err)
+        return EXIT_USAGE
+    several = [p.name for p in config.points if p.domains != 1]
+    if several:
+        print(
+            f"error: {args.config}: {several[0]}: domains > 1 needs a libvirt daemon; run it with "
+            "python -m benchmarks.measure libvirt",
+            file=err,
+        )
         return EXIT_USAGE
     if args.repetitions is not None:
         if args.repetitions < 1:
@@ -431,6 +440,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         return _upload(args[1:], out, err)
     if args and args[0] == "build-guest":
         return _build(args[1:], out, err)
+    if args and args[0] == "libvirt":
+        from benchmarks.measure import libvirt_cli  # noqa: PLC0415 (it imports this module)
+
+        return libvirt_cli.main(args[1:], out, err)
     if args and args[0] == "run":
         args = args[1:]
     return _run(args, out, err)

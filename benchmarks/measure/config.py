@@ -18,8 +18,10 @@ and/or an explicit list (``points``), with ``defaults`` for fields a point or ma
 
 Point fields: ``vcpus`` (1..1024), ``memoryMiB`` (16..16 TiB), ``touchPct`` (0..100, the share of
 the guest's usable RAM above 4 MiB it writes) or ``touchMiB`` (an amount), ``graphics`` (VGA on or
-off), ``ioThreads`` (``-object iothread`` count), ``deviceSet`` (``minimal`` or ``kubevirt``) and
-an optional ``name``. A point's default name spells its shape (``v2-m1024-p100-vga-io1-kubevirt``);
+off), ``ioThreads`` (``-object iothread`` count), ``deviceSet`` (``minimal`` or ``kubevirt``),
+``domains`` (the libvirt path only: this many identical domains under one daemon, 1..8; default 1)
+and an optional ``name``. A point's default name spells its shape (``v2-m1024-p100-vga-io1-kubevirt``,
+with ``-d3`` appended for three domains);
 points with the same name are measured once. Runs go repetition by repetition (every point once,
 then every point again), so a run cut short still covers the whole matrix.
 """
@@ -40,7 +42,16 @@ __all__ = ["ACCELERATORS", "DEVICE_SETS", "BenchConfig", "ConfigError", "Point",
 DEVICE_SETS: Final = ("minimal", "kubevirt")
 ACCELERATORS: Final = ("auto", "kvm", "tcg")
 
-_POINT_FIELDS: Final = ("vcpus", "memoryMiB", "touchPct", "touchMiB", "graphics", "ioThreads", "deviceSet")
+_POINT_FIELDS: Final = (
+    "vcpus",
+    "memoryMiB",
+    "touchPct",
+    "touchMiB",
+    "graphics",
+    "ioThreads",
+    "deviceSet",
+    "domains",
+)
 _TOP_FIELDS: Final = frozenset(
     {"name", "description", "repetitions", "accelerator", "pointTimeoutSeconds", "defaults", "matrix"}
     | {"matrices", "points"}
@@ -51,6 +62,7 @@ _BUILTIN_DEFAULTS: Final[Mapping[str, Any]] = {
     "deviceSet": "minimal",
 }
 MAX_MEMORY_MIB: Final = 16 * 1024 * 1024
+MAX_DOMAINS: Final = 8
 
 
 class ConfigError(ValueError):
@@ -69,6 +81,7 @@ class Point:
     graphics: bool
     io_threads: int
     device_set: str
+    domains: int = 1  # identical domains under one libvirt daemon (the libvirt path only)
 
     @property
     def append(self) -> str:
@@ -231,13 +244,15 @@ def _point(fields: Mapping[str, Any], where: str) -> Point:
     device_set = fields["deviceSet"]
     if device_set not in DEVICE_SETS:
         raise ConfigError(f"{where}.deviceSet: must be one of {', '.join(DEVICE_SETS)}")
+    domains = _int(fields.get("domains", 1), f"{where}.domains", 1, MAX_DOMAINS)
     name = fields.get("name")
     if name is None:
         touch = f"p{touch_pct}" if touch_pct is not None else f"t{touch_mib}"
         name = f"v{vcpus}-m{memory}-{touch}-{'vga' if graphics else 'novga'}-io{io_threads}-{device_set}"
+        name += f"-d{domains}" if domains > 1 else ""
     elif not isinstance(name, str) or not name or len(name) > 150 or "\x00" in name:
         raise ConfigError(f"{where}.name: must be a non-empty string of at most 150 characters")
-    return Point(name, vcpus, memory, touch_pct, touch_mib, graphics, io_threads, device_set)
+    return Point(name, vcpus, memory, touch_pct, touch_mib, graphics, io_threads, device_set, domains)
 
 
 def _int(value: Any, where: str, low: int, high: int) -> int:

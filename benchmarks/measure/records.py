@@ -1,4 +1,5 @@
-"""Measurement records (scope ``qemu``) for ``POST /v1/measurements``, from one measured point.
+"""Measurement records (scope ``qemu``) for ``POST /v1/measurements``, from one measured point, and
+the records of the libvirt path (an extension the service does not take yet; see below).
 
 ``overheadBytes`` = anonymous + kernel memory charged to the VM's own cgroup − the guest RAM the
 guest touched; the page cache charged there (QEMU's binary, libraries, firmware: clean and
@@ -10,11 +11,22 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
+from benchmarks.measure.cgroups import CgroupFigures
 from benchmarks.measure.host import HostFacts
+from benchmarks.measure.libvirt_runner import DomainFigures, LibvirtMeasurement
+from benchmarks.measure.procfs import ProcessMemory
 from benchmarks.measure.runner import MIB, Measurement
 from overhead_service.calibration.records import validate_record
+from overhead_service.errors import InputError
 
-__all__ = ["build_record", "default_run_id", "sample_id"]
+__all__ = [
+    "LIBVIRT_SCOPES",
+    "build_libvirt_records",
+    "build_record",
+    "default_run_id",
+    "sample_id",
+    "validate_libvirt_record",
+]
 
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -78,3 +90,183 @@ def build_record(measurement: Measurement, host: HostFacts, run_id: str) -> dict
         "raw": raw,
     }
     return validate_record(record)
+
+
+# --- the libvirt path ---------------------------------------------------------------------------
+#
+# Records of the libvirt path extend the format above (the service does not take them yet: the
+# extension is checked here, the rest with the service's own validation):
+#
+# * ``launcher``: ``"libvirt"`` (a record without it was launched directly, as ``build_record``'s);
+# * ``scope``: ``qemu`` (a domain's QEMU), or ``virtqemud`` / ``virtlogd`` (a daemon: the component
+#   KubeVirt budgets for it; ``libvirt.daemon`` says which binary ran the QEMU driver);
+# * ``libvirt``: ``daemon`` (``virtqemud`` or ``libvirtd``), ``build`` (``debian-source-build`` or
+#   ``debian-package``), ``mode`` (``session``: KubeVirt's non-root mode), ``domains`` (1..64 domains
+#   under the daemon), ``domainIndex`` (scope qemu: 0..domains-1), ``domainXmlSha256`` (the point's
+#   domain XML, see :func:`benchmarks.measure.domain.xml_digest`), ``threads`` (daemon scopes: the
+#   daemon's thread count);
+# * a daemon's ``overheadBytes`` = ``rawBytes`` = its cgroup's anon + kernel memory, and
+#   ``guestTouchedBytes`` = 0; ``host.libvirt`` is the libvirt version.
+
+LIBVIRT_SCOPES: Final = ("qemu", "virtqemud", "virtlogd")
+LIBVIRT_DAEMONS: Final = ("virtqemud", "libvirtd")
+LIBVIRT_MODES: Final = ("session", "system")
+MAX_DOMAINS: Final = 64
+_SHA256: Final = re.compile(r"[0-9a-f]{64}")
+_LIBVIRT_FIELDS: Final = frozenset(
+    {"daemon", "build", "mode", "domains", "domainIndex", "domainXmlSha256", "threads"}
+)
+
+
+def _process_raw(process: ProcessMemory, cgroup: CgroupFigures) -> dict[str, int]:
+    raw = {
+        "rss": process.rss,
+        "rssAnon": process.rss_anon,
+        "rssFile": process.rss_file,
+        "rssShmem": process.rss_shmem,
+        "pss": process.pss,
+        "pssAnon": process.pss_anon,
+        "pssFile": process.pss_file,
+        "pssShmem": process.pss_shmem,
+        "pageTables": process.page_tables,
+        "cgroupAnon": cgroup.anon,
+        "cgroupKernel": cgroup.kernel,
+        "pageCache": cgroup.page_cache,
+        "cgroupUsage": cgroup.usage,
+    }
+    if cgroup.peak is not None:
+        raw["cgroupPeak"] = cgroup.peak
+    return raw
+
+
+def _vm(m: LibvirtMeasurement, domains: tuple[DomainFigures, ...]) -> dict[str, Any]:
+    point = m.point
+    shares = []
+    for domain in domains:
+        avail = (domain.serial.avail_mib or 0) * MIB
+        shares.append(round((domain.serial.touched_mib or 0) * MIB / avail, 4) if avail else 0.0)
+    return {
+        "vcpus": point.vcpus,
+        "guestMemoryBytes": point.memory_mib * MIB,
+        "graphics": point.graphics,
+        "vfio": False,
+        "ioThreads": point.io_threads,
+        "deviceSet": point.device_set,
+        "touchedShare": min(min(shares), 1.0),
+        "vcpusOnline": all(d.serial.online == point.vcpus for d in domains),
+    }
+
+
+def build_libvirt_records(m: LibvirtMeasurement, host: HostFacts, run_id: str) -> list[dict[str, Any]]:
+    """The records of one libvirt point: each domain's QEMU, then the daemon and virtlogd."""
+    base_id = sample_id(m.point.name, m.repetition)
+    libvirt = {
+        "daemon": m.install.daemon,
+        "build": m.install.build,
+        "mode": "session",
+        "domains": len(m.domains),
+        "domainXmlSha256": m.domains[0].xml_digest,
+    }
+    common: dict[str, Any] = {
+        "runId": run_id,
+        "hypervisor": "kvm",
+        "arch": host.arch,
+        "launcher": "libvirt",
+        "host": host.as_record() | {"accelerator": m.accelerator, "libvirt": m.install.version_text},
+        "measuredAt": m.measured_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    }
+    records = []
+    for domain in m.domains:
+        touched = (domain.serial.touched_mib or 0) * MIB
+        charged = domain.cgroup.anon + domain.cgroup.kernel
+        raw = _process_raw(domain.process, domain.cgroup)
+        raw |= {"guestRamRss": domain.guest_ram_rss, "guestAvailable": (domain.serial.avail_mib or 0) * MIB}
+        records.append(
+            common
+            | {
+                "sampleId": f"{base_id}-qemu{domain.index}",
+                "scope": "qemu",
+                "overheadBytes": charged - touched,
+                "rawBytes": charged,
+                "guestTouchedBytes": touched,
+                "vm": _vm(m, (domain,)),
+                "libvirt": libvirt | {"domainIndex": domain.index},
+                "raw": raw,
+            }
+        )
+    for scope, figures in (("virtqemud", m.daemon), ("virtlogd", m.virtlogd)):
+        charged = figures.cgroup.anon + figures.cgroup.kernel
+        raw = _process_raw(figures.process, figures.cgroup)
+        if scope == "virtqemud":
+            raw |= {
+                "probeCgroupAnon": m.probe.anon,
+                "probeCgroupKernel": m.probe.kernel,
+                "probePageCache": m.probe.page_cache,
+            }
+        records.append(
+            common
+            | {
+                "sampleId": f"{base_id}-{scope}",
+                "scope": scope,
+                "overheadBytes": charged,
+                "rawBytes": charged,
+                "guestTouchedBytes": 0,
+                "vm": _vm(m, m.domains),
+                "libvirt": libvirt | {"threads": figures.process.threads},
+                "raw": raw,
+            }
+        )
+    return [validate_libvirt_record(record) for record in records]
+
+
+def validate_libvirt_record(record: Any) -> dict[str, Any]:
+    """A libvirt-path record checked: the extension here, the rest with the service's validation
+    (as a ``qemu`` record without the extension). Raises :class:`InputError` with the field path."""
+    if type(record) is not dict:
+        raise InputError("", "must be an object")
+    if record.get("launcher") != "libvirt":
+        raise InputError("launcher", "must be libvirt")
+    scope = record.get("scope")
+    if scope not in LIBVIRT_SCOPES:
+        raise InputError("scope", f"must be one of: {', '.join(LIBVIRT_SCOPES)}")
+    libvirt = record.get("libvirt")
+    if type(libvirt) is not dict:
+        raise InputError("libvirt", "must be an object")
+    unknown = sorted(set(libvirt) - _LIBVIRT_FIELDS)
+    if unknown:
+        raise InputError(
+            f"libvirt.{unknown[0]}", f"unknown field; allowed: {', '.join(sorted(_LIBVIRT_FIELDS))}"
+        )
+    _one_of(libvirt, "daemon", LIBVIRT_DAEMONS)
+    _one_of(libvirt, "mode", LIBVIRT_MODES)
+    build = libvirt.get("build")
+    if type(build) is not str or not 0 < len(build) <= 200:
+        raise InputError("libvirt.build", "must be a non-empty string of at most 200 characters")
+    domains = _count(libvirt, "domains", 1, MAX_DOMAINS)
+    if type(libvirt.get("domainXmlSha256")) is not str or not _SHA256.fullmatch(libvirt["domainXmlSha256"]):
+        raise InputError("libvirt.domainXmlSha256", "must be 64 lowercase hexadecimal digits")
+    if scope == "qemu":
+        _count(libvirt, "domainIndex", 0, domains - 1)
+        if "threads" in libvirt:
+            raise InputError("libvirt.threads", "is for the daemon scopes only")
+    else:
+        _count(libvirt, "threads", 1, 100_000)
+        if "domainIndex" in libvirt:
+            raise InputError("libvirt.domainIndex", "is for scope qemu only")
+        if record.get("guestTouchedBytes") != 0:
+            raise InputError("guestTouchedBytes", "must be 0 for a daemon (it holds no guest RAM)")
+    base = {key: value for key, value in record.items() if key not in ("launcher", "libvirt")}
+    validate_record(base | {"scope": "qemu"})
+    return record
+
+
+def _one_of(obj: dict[str, Any], name: str, allowed: tuple[str, ...]) -> None:
+    if obj.get(name) not in allowed:
+        raise InputError(f"libvirt.{name}", f"must be one of: {', '.join(allowed)}")
+
+
+def _count(obj: dict[str, Any], name: str, low: int, high: int) -> int:
+    value = obj.get(name)
+    if type(value) is not int or not low <= value <= high:
+        raise InputError(f"libvirt.{name}", f"must be an integer between {low} and {high}")
+    return value

@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import fcntl
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -33,6 +32,7 @@ from benchmarks.measure.cgroups import CgroupError, CgroupFigures, create_memory
 from benchmarks.measure.config import Point
 from benchmarks.measure.guest import SerialReport, parse_serial
 from benchmarks.measure.host import QemuFiles, evict_page_cache, other_qemus
+from benchmarks.measure.procfs import guest_ram_rss_kib, process_memory, status_kib
 
 __all__ = [
     "Measurement",
@@ -148,52 +148,6 @@ def qemu_argv(
         argv += ["-object", "rng-random,id=rng0,filename=/dev/urandom"]
         argv += ["-device", "virtio-rng-pci,rng=rng0,bus=rp5"]
     return argv
-
-
-def _status(pid: int) -> dict[str, int]:
-    """/proc/PID/status figures in kB (and Threads)."""
-    figures: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        parts = value.split()
-        if key in ("VmRSS", "RssAnon", "RssFile", "VmPTE", "Threads") and parts and parts[0].isdigit():
-            figures[key] = int(parts[0])
-    return figures
-
-
-def _pss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    raise PointFailed("no Pss in smaps_rollup")
-
-
-_MAPPING: Final = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")
-
-
-def _guest_ram_rss_kib(pid: int, memory_mib: int) -> int:
-    """Rss of the largest anonymous mapping at least as large as the guest RAM (QEMU's RAM block)."""
-    best_size = best_rss = 0
-    size = rss = 0
-    anonymous = False
-
-    def close() -> None:
-        nonlocal best_size, best_rss
-        if anonymous and size >= memory_mib * 1024 and size > best_size:
-            best_size, best_rss = size, rss
-
-    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
-        if _MAPPING.match(line):
-            close()
-            parts = line.split()
-            anonymous = len(parts) < 6
-            size = rss = 0
-        elif line.startswith("Size:"):
-            size = int(line.split()[1])
-        elif line.startswith("Rss:"):
-            rss = int(line.split()[1])
-    close()
-    return best_rss
 
 
 class _LockTimeout(Exception):
@@ -395,14 +349,14 @@ class Runner:
             report = self._wait_touched(process, serial, errors, started + bound, bound)
             try:
                 self._settle(process.pid)
-                status = _status(process.pid)
+                status = status_kib(process.pid)
                 figures = ProcessFigures(
                     rss=status.get("VmRSS", 0) * KIB,
                     rss_anon=status.get("RssAnon", 0) * KIB,
                     rss_file=status.get("RssFile", 0) * KIB,
-                    pss=_pss_kib(process.pid) * KIB,
+                    pss=process_memory(process.pid).pss,
                     page_tables=status.get("VmPTE", 0) * KIB,
-                    guest_ram_rss=_guest_ram_rss_kib(process.pid, point.memory_mib) * KIB,
+                    guest_ram_rss=guest_ram_rss_kib(process.pid, point.memory_mib) * KIB,
                     threads=status.get("Threads", 0),
                 )
                 charged = cgroup.read()
@@ -468,11 +422,11 @@ class Runner:
     def _settle(self, pid: int) -> None:
         """Wait until VmRSS has not changed for ``settle_seconds`` (at most ``settle_max_seconds``)."""
         give_up = time.monotonic() + self.settle_max_seconds
-        last = _status(pid).get("VmRSS", 0)
+        last = status_kib(pid).get("VmRSS", 0)
         stable_since = time.monotonic()
         while time.monotonic() < give_up:
             time.sleep(0.1)
-            rss = _status(pid).get("VmRSS", 0)
+            rss = status_kib(pid).get("VmRSS", 0)
             if rss != last:
                 last, stable_since = rss, time.monotonic()
             elif time.monotonic() - stable_since >= self.settle_seconds:

@@ -1,0 +1,266 @@
+"""``python -m benchmarks.measure libvirt``: the libvirt path (QEMU started by a private
+virtqemud or libvirtd, with virtlogd), measured point by point into JSON Lines.
+
+    python -m benchmarks.measure libvirt --config benchmarks/measure/libvirt-smoke.yaml --out s.jsonl
+    python -m benchmarks.measure libvirt --config benchmarks/measure/libvirt-grid.yaml --daemon virtqemud \\
+        --out benchmarks/measure/results/libvirt-grid.jsonl --max-seconds 3600
+
+The records extend the service's format (:func:`benchmarks.measure.records.build_libvirt_records`),
+which the service does not take yet: they are written with ``--out`` only. Each point's records are
+appended in one write once the point is measured and torn down, so an interrupted run leaves only
+whole points. SIGINT and SIGTERM stop the run after tearing the current point down (exit 130).
+Exit status as for the bare path: 0 all measured, 1 some points failed, 2 bad usage, config or
+libvirt (missing, too old, daemon not built), 3 refused to measure, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from benchmarks.measure.cgroups import CgroupError
+from benchmarks.measure.cli import (
+    EXIT_FAILED_POINTS,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    Progress,
+    _clock,
+)
+from benchmarks.measure.config import ACCELERATORS, BenchConfig, ConfigError, Point, load_config
+from benchmarks.measure.guest import GuestBuildError, build_guest
+from benchmarks.measure.host import HostFacts, choose_accelerator, host_facts
+from benchmarks.measure.libvirt_install import DAEMONS, LibvirtUnavailable, find_install
+from benchmarks.measure.libvirt_runner import (
+    LibvirtMeasurement,
+    LibvirtRunner,
+    blocked_signals,
+    libvirt_timeout,
+    predict_libvirt_seconds,
+)
+from benchmarks.measure.records import build_libvirt_records, default_run_id, sample_id
+from benchmarks.measure.runner import MIB, OtherQemuRunning, PointFailed
+from overhead_service.errors import InputError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.measure libvirt",
+        description="Start QEMU through private libvirt daemons (as KubeVirt's virt-launcher does) and "
+        "measure QEMU, the daemon and virtlogd; write JSON Lines records.",
+    )
+    parser.add_argument("--config", required=True, type=Path, help="YAML or JSON shape matrix")
+    parser.add_argument("--out", type=Path, help="the JSON Lines file of records (replaced)")
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--daemon", choices=DAEMONS, default="auto", help="default auto: a built virtqemud, else libvirtd"
+    )
+    parser.add_argument("--libvirt-build-dir", type=Path, help="where make libvirt-virtqemud put virtqemud")
+    parser.add_argument("--run-id", help="default: <config>-<accelerator>-<host>-<YYYYMMDD>")
+    parser.add_argument("--max-points", type=int, help="measure at most this many (point, repetition) pairs")
+    parser.add_argument("--max-seconds", type=float, help="stop before a point that would end after this")
+    parser.add_argument("--repetitions", type=int, help="override the config's repetitions")
+    parser.add_argument("--accelerator", choices=ACCELERATORS, help="override the config's accelerator")
+    parser.add_argument("--cache-dir", type=Path, help="where the guest is built (default ~/.cache/...)")
+    parser.add_argument("--qemu", default="qemu-system-x86_64", help="the QEMU binary libvirt runs")
+    parser.add_argument("--wait-other-qemu", type=float, default=0.0, metavar="SECONDS")
+    parser.add_argument("--dry-run", action="store_true", help="list the schedule and its predicted time")
+    return parser
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM ends the run as Ctrl-C does (the current point is torn down first)."""
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.url:
+        parser.error("the service does not take libvirt-path records yet: write them with --out")
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_USAGE
+    if args.repetitions is not None:
+        if args.repetitions < 1:
+            parser.error("--repetitions must be at least 1")
+        config = BenchConfig(
+            config.name, config.points, args.repetitions, config.accelerator, config.point_timeout_seconds
+        )
+    if args.max_points is not None and args.max_points < 0:
+        parser.error("--max-points must not be negative")
+    accelerator = choose_accelerator(args.accelerator or config.accelerator)
+    if accelerator == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        print("error: accelerator kvm requested but /dev/kvm cannot be opened", file=err)
+        return EXIT_USAGE
+    schedule = config.schedule()
+    planned = schedule[: args.max_points] if args.max_points is not None else schedule
+    if args.dry_run:
+        total = sum(predict_libvirt_seconds(p, accelerator) for p, _ in planned)
+        for point, rep in planned:
+            print(
+                f"{sample_id(point.name, rep)}\t~{predict_libvirt_seconds(point, accelerator):.1f} s",
+                file=out,
+            )
+        print(f"{len(planned)} points, about {_clock(total)} with {accelerator}", file=out)
+        return EXIT_OK
+    if args.out is None:
+        parser.error("give --out FILE.jsonl")
+    try:
+        install = find_install(args.daemon, args.libvirt_build_dir)
+        guest = build_guest(args.cache_dir)
+        runner = LibvirtRunner(
+            accelerator=accelerator,
+            guest=guest,
+            install=install,
+            qemu=args.qemu,
+            wait_other_qemu=args.wait_other_qemu,
+        )
+    except (LibvirtUnavailable, GuestBuildError, FileNotFoundError, CgroupError) as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_USAGE
+    with runner, _sigterm_interrupts():
+        try:
+            runner.check_quiet()
+        except OtherQemuRunning as exc:
+            print(f"error: {exc}", file=err)
+            return EXIT_REFUSED
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+        host = host_facts(accelerator, runner.qemu)
+        run_id = args.run_id or default_run_id(
+            config.name, accelerator, host.node, datetime.now(UTC).strftime("%Y%m%d")
+        )
+        print(
+            f"run {run_id}: {len(planned)} points with {accelerator} on {host.node}: {install.daemon} "
+            f"({install.build}, libvirt {install.version_text}), QEMU {host.qemu}",
+            file=err,
+            flush=True,
+        )
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("")
+        return _measure_all(args, config, planned, runner, host, run_id, out, err)
+
+
+def _describe(m: LibvirtMeasurement) -> str:
+    qemu = ", ".join(
+        f"QEMU{d.index} {(d.cgroup.anon + d.cgroup.kernel - (d.serial.touched_mib or 0) * MIB) / MIB:.1f}"
+        for d in m.domains
+    )
+    daemon = m.daemon.cgroup.anon + m.daemon.cgroup.kernel
+    logd = m.virtlogd.cgroup.anon + m.virtlogd.cgroup.kernel
+    return (
+        f"{m.seconds:.1f} s, overhead MiB (anon+kmem-touched): {qemu}; {m.install.daemon} "
+        f"{daemon / MIB:.1f} (rss {m.daemon.process.rss / MIB:.1f}), virtlogd {logd / MIB:.1f} "
+        f"(rss {m.virtlogd.process.rss / MIB:.1f})"
+    )
+
+
+def _append(path: Path, records: list[dict[str, Any]]) -> None:
+    """All of a point's records in one write, with SIGINT and SIGTERM held back."""
+    text = "".join(json.dumps(record, separators=(",", ":")) + "\n" for record in records)
+    with blocked_signals():
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+
+
+def _measure_all(
+    args: argparse.Namespace,
+    config: BenchConfig,
+    planned: list[tuple[Point, int]],
+    runner: LibvirtRunner,
+    host: HostFacts,
+    run_id: str,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    accelerator = runner.accelerator
+    progress = Progress(total=len(planned), stream=err)
+    predictions = [predict_libvirt_seconds(point, accelerator) for point, _ in planned]
+    failures: list[dict[str, str]] = []
+    status, stop_reason, measured, index = EXIT_OK, None, 0, 0
+    try:
+        while index < len(planned):
+            point, rep = planned[index]
+            remaining = sum(predictions[index + 1 :])
+            expected = predictions[index] * max(progress.ratio, 1.0)
+            bound = config.point_timeout_seconds or libvirt_timeout(point)
+            if args.max_seconds is not None:
+                budget = args.max_seconds - progress.elapsed()
+                if expected > budget:
+                    stop_reason = (
+                        f"--max-seconds {args.max_seconds:g}: {point.name} needs ~{expected:.0f} s, "
+                        f"{max(budget, 0):.0f} s left"
+                    )
+                    break
+                bound = min(bound, budget)
+            label, began = sample_id(point.name, rep), time.monotonic()
+            try:
+                measurement = runner.measure(point, rep, bound)
+                records = build_libvirt_records(measurement, host, run_id)
+            except (PointFailed, InputError) as exc:
+                failures.append({"sampleId": label, "error": str(exc)})
+                index += 1
+                progress.point_done(predictions[index - 1], time.monotonic() - began)
+                progress.report(remaining, f"{label}: FAILED: {exc}")
+                continue
+            except (OtherQemuRunning, CgroupError) as exc:
+                stop_reason, status = str(exc), EXIT_REFUSED
+                break
+            _append(args.out, records)
+            index += 1
+            measured += 1
+            progress.point_done(predictions[index - 1], time.monotonic() - began)
+            progress.report(remaining, f"{label}: {_describe(measurement)}")
+    except KeyboardInterrupt:
+        stop_reason, status = "interrupted", EXIT_INTERRUPTED
+    skipped = [sample_id(p.name, r) for p, r in planned[index:]]
+    if stop_reason:
+        print(f"stopped: {stop_reason}", file=err)
+    if skipped:
+        more = f" and {len(skipped) - 20} more" if len(skipped) > 20 else ""
+        print(f"skipped {len(skipped)} points: {', '.join(skipped[:20])}{more}", file=err)
+    for failure in failures:
+        print(f"failed: {failure['sampleId']}: {failure['error']}", file=err)
+    summary = {
+        "runId": run_id,
+        "accelerator": accelerator,
+        "daemon": runner.install.daemon,
+        "libvirt": runner.install.version_text,
+        "scheduled": len(config.schedule()),
+        "measured": measured,
+        "failed": failures,
+        "skipped": skipped,
+        "stopReason": stop_reason,
+        "seconds": round(progress.elapsed(), 1),
+        "out": str(args.out),
+    }
+    print(json.dumps(summary), file=out, flush=True)
+    if status != EXIT_OK:
+        return status
+    return EXIT_FAILED_POINTS if failures else EXIT_OK
