@@ -24,10 +24,10 @@ of an amd64 VMI with default settings, and what this module writes:
 * device set ``kubevirt`` (a VMI with default device settings and one disk and one NIC): the
   ``virtio-scsi`` controller for hotplug; the memory balloon with statistics every 10 s and free
   page reporting (``compute/balloon.go``, ``virt-config`` ``DefaultMemBalloonStatsPeriod``); one
-  virtio disk (qcow2 with qemu-img, else raw; ``cache='none'`` where the file system takes O_DIRECT, else ``writethrough``,
-  ``error_policy='stop'``, ``discard='unmap'``, on IOThread 1 when there are IOThreads); one virtio
-  NIC and ``virtio-rng``, as the bare-QEMU device set has. All virtio devices are
-  ``virtio-non-transitional``.
+  virtio disk (qcow2, or raw without qemu-img; ``cache='none'`` where the file system takes
+  O_DIRECT, else ``writethrough``; ``error_policy='stop'``, ``discard='unmap'``, on IOThread 1 when
+  there are IOThreads); one virtio NIC and ``virtio-rng``, as the bare-QEMU device set has. All
+  virtio devices are ``virtio-non-transitional``.
 
 Two differences remain: the NIC's backend is QEMU's user-mode network (``<interface type='user'>``)
 where KubeVirt plugs a tap device that virt-handler created in the pod's network namespace (the
@@ -92,11 +92,12 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attributes: st
     return element
 
 
-def domain_xml(point: Point, index: int, files: DomainFiles) -> str:
-    """The domain XML for the ``index``-th domain of ``point``."""
+def domain_xml(point: Point, index: int, files: DomainFiles, virt_type: str = "kvm") -> str:
+    """The domain XML for the ``index``-th domain of ``point`` (``virt_type`` ``qemu``: TCG, as
+    KubeVirt's software emulation sets it)."""
     kubevirt = point.device_set == "kubevirt"
     uid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"overhead-measure/{point.name}/{index}"))
-    domain = ET.Element("domain", {"type": "kvm"})
+    domain = ET.Element("domain", {"type": virt_type})
     _sub(domain, "name", domain_name(index))
     _sub(domain, "uuid", uid)
     _sub(domain, "memory", str(point.memory_mib * MIB), unit="b")

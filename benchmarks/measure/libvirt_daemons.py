@@ -116,8 +116,8 @@ class PrivateRoot:
         return {
             "PATH": f"{self.path / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": str(self.path / "home"),
-            "XDG_CACHE_HOME": str(self.path / "private"),
-            "XDG_CONFIG_HOME": str(self.path / "private"),
+            "XDG_CACHE_HOME": str(self.path / "kv"),  # KubeVirt: /var/run/kubevirt-private
+            "XDG_CONFIG_HOME": str(self.path / "kv"),
             "XDG_RUNTIME_DIR": str(self.runtime),
             "LC_ALL": "C",
         }
@@ -127,7 +127,7 @@ class PrivateRoot:
         root.mkdir(mode=0o755)
         for name in ("bin", "etc", "conf", "log", "cgroups"):
             (root / name).mkdir(mode=0o755)
-        for name in ("home", "private", "private/libvirt", "run", "vm"):
+        for name in ("home", "kv", "kv/libvirt", "run", "vm"):
             (root / name).mkdir(mode=0o700)
             os.chown(root / name, NONROOT_UID, NONROOT_GID)
         wrapper = WRAPPER.replace("@CGROUPS@", str(self.cgroups)).replace("@QEMU@", str(qemu))
@@ -136,7 +136,7 @@ class PrivateRoot:
             _write(root / "bin" / "virtqemud", install.daemon_binary.read_bytes(), 0o755)
         _write(root / "conf" / f"{install.daemon}.conf", DAEMON_CONF, 0o644)
         _write(root / "conf" / "virtlogd.conf", "", 0o644)
-        _write(root / "private" / "libvirt" / "qemu.conf", QEMU_CONF, 0o644)
+        _write(root / "kv" / "libvirt" / "qemu.conf", QEMU_CONF, 0o644)
         _write(
             root / "etc" / "passwd",
             _with_qemu(Path("/etc/passwd"), "qemu:x:{uid}:{gid}::{home}:/bin/sh"),

@@ -186,8 +186,9 @@ class LibvirtRunner:
         with _host_lock(max(self.base.wait_other_qemu, 1.0) + bound):
             self.base.wait_for_quiet()
             waited = time.monotonic() - asked
-            # Short: unix socket paths (the guest agent's, under the private tree) have 107 bytes.
-            point_dir = Path(tempfile.mkdtemp(prefix="lv"))
+            # Short (unix socket paths, the guest agent's in the private tree, have 107 bytes), and
+            # named after this process, whose cgroups are named so too.
+            point_dir = Path(tempfile.mkdtemp(prefix=f"lv{os.getpid()}-"))
             point_dir.chmod(0o711)
             state = _Point(PrivateRoot(point_dir / "root"))
             try:
@@ -255,7 +256,7 @@ class LibvirtRunner:
         files = DomainFiles(root.path / "vm" / "touch.elf", directory, disk, self._cache_mode(directory))
         for path in (directory, *([disk] if disk else [])):
             shutil.chown(path, NONROOT_UID, NONROOT_GID)
-        xml = domain_xml(point, index, files)
+        xml = domain_xml(point, index, files, "kvm" if self.accelerator == "kvm" else "qemu")
         definition = root.path / "conf" / f"{domain_name(index)}.xml"
         definition.write_text(xml)
         try:
@@ -301,7 +302,7 @@ class LibvirtRunner:
 
     def _qemu_log(self, state: _Point, name: str) -> str:
         """The end of QEMU's own log (its stderr, which virtlogd writes), for error messages."""
-        log = state.root.path / "private" / "libvirt" / "qemu" / "log" / f"{name}.log"
+        log = state.root.path / "kv" / "libvirt" / "qemu" / "log" / f"{name}.log"
         try:
             lines = [line for line in log.read_text(errors="replace").splitlines() if "warning:" not in line]
         except OSError:
