@@ -80,6 +80,15 @@ def test_minimal_domain_is_kubevirts_with_its_devices_left_out() -> None:
     assert domain.find("cpu/feature").attrib == {"policy": "disable", "name": "arch-capabilities"}  # type: ignore[union-attr]
     assert domain.findtext("os/kernel") == "/w/touch.elf" and domain.findtext("os/cmdline") == "pct=100"
     assert domain.find("os/type").get("machine") == "q35"  # type: ignore[union-attr]
+    assert [(f.tag, f.attrib) for f in domain.find("features")] == [
+        ("acpi", {}),
+        ("vmport", {"state": "off"}),
+    ]  # type: ignore[union-attr]
+    system = {e.get("name"): e.text for e in domain.findall("sysinfo/system/entry")}
+    assert system == {
+        "uuid": domain.findtext("uuid"), "manufacturer": "KubeVirt", "family": "KubeVirt", "product": "None",
+        "sku": None, "version": None,
+    }  # fmt: skip
     devices = domain.find("devices")
     assert devices is not None
     controllers = [(c.get("type"), c.get("model")) for c in devices.findall("controller")]

@@ -9,9 +9,12 @@ of an amd64 VMI with default settings, and what this module writes:
   ``SetDefaultGuestCPUTopology``); CPU mode ``host-model`` (``v1.DefaultCPUModel``), here with the
   VMI feature ``arch-capabilities`` disabled, because nested PVM refuses the IA32_ARCH_CAPABILITIES
   MSR (0x10a) that host-model adds.
-* ``<os>``: machine ``q35``, ``<smbios mode='sysinfo'/>`` and a ``<sysinfo>`` with KubeVirt's default
-  SMBIOS strings; the kernel and its command line as ``spec.domain.firmware.kernelBoot`` sets them.
-* ``<features/>`` empty (a VMI without ``spec.domain.features``), no ``<clock>``.
+* ``<os>``: machine ``q35``, ``<smbios mode='sysinfo'/>`` and a ``<sysinfo>`` with the firmware
+  UUID and KubeVirt's default SMBIOS strings (``compute/sysinfo.go``, ``virt-config``); the kernel
+  and its command line as ``spec.domain.firmware.kernelBoot`` sets them.
+* ``<features>``: ``<acpi/>`` and ``<vmport state='off'/>``: the API defaults give every VMI an
+  empty ``spec.domain.features`` (``staging/src/kubevirt.io/api/core/v1/defaults.go``), in which
+  ACPI is on (``compute/hypervisor_features.go``); no ``<clock>`` (none asked for).
 * devices: the guest-agent channel (always, ``compute/channels.go``); the USB controller with model
   ``none``; the serial console (``compute/console.go``: a unix socket in bind mode, its log file
   written through virtlogd, and a pty console); ``virtio-serial`` controller; ``vga`` video (16 MiB
@@ -53,7 +56,13 @@ MIB: Final = 1024 * 1024
 VIRTIO_MODEL: Final = "virtio-non-transitional"
 BALLOON_STATS_PERIOD: Final = 10
 VGA_VRAM_KIB: Final = 16384
-SMBIOS: Final = (("manufacturer", "KubeVirt"), ("family", "KubeVirt"), ("product", "None"))
+SMBIOS: Final = (
+    ("manufacturer", "KubeVirt"),
+    ("family", "KubeVirt"),
+    ("product", "None"),
+    ("sku", ""),
+    ("version", ""),
+)
 # virtwrap/manager.go: hotplug ports in all (and at least free) up to 2 GiB of RAM, and above.
 HOTPLUG_PORTS: Final = ((8, 3), (16, 6))
 HOTPLUG_LARGE_MEMORY: Final = 2 * 1024 * MIB
@@ -104,10 +113,11 @@ def domain_xml(point: Point, index: int, files: DomainFiles, virt_type: str = "k
     _os(domain, point, files)
     sysinfo = _sub(_sub(domain, "sysinfo", type="smbios"), "system")
     _sub(sysinfo, "entry", uid, name="uuid")
-    _sub(sysinfo, "entry", uid, name="serial")
     for name, value in SMBIOS:
         _sub(sysinfo, "entry", value, name=name)
-    _sub(domain, "features")
+    features = _sub(domain, "features")
+    _sub(features, "acpi")
+    _sub(features, "vmport", state="off")
     cpu = _sub(domain, "cpu", mode="host-model")
     _sub(cpu, "topology", sockets=str(point.vcpus), cores="1", threads="1")
     _sub(cpu, "feature", policy="disable", name="arch-capabilities")

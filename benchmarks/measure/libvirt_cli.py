@@ -93,24 +93,39 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def main(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+def _config(args: argparse.Namespace, parser: argparse.ArgumentParser, err: TextIO) -> BenchConfig | None:
     if args.url:
         parser.error("the service does not take libvirt-path records yet: write them with --out")
+    if args.max_points is not None and args.max_points < 0:
+        parser.error("--max-points must not be negative")
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"error: {exc}", file=err)
+        return None
+    if args.repetitions is None:
+        return config
+    if args.repetitions < 1:
+        parser.error("--repetitions must be at least 1")
+    return BenchConfig(
+        config.name, config.points, args.repetitions, config.accelerator, config.point_timeout_seconds
+    )
+
+
+def _dry_run(planned: list[tuple[Point, int]], accelerator: str, out: TextIO) -> int:
+    for point, rep in planned:
+        print(f"{sample_id(point.name, rep)}\t~{predict_libvirt_seconds(point, accelerator):.1f} s", file=out)
+    total = sum(predict_libvirt_seconds(p, accelerator) for p, _ in planned)
+    print(f"{len(planned)} points, about {_clock(total)} with {accelerator}", file=out)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    config = _config(args, parser, err)
+    if config is None:
         return EXIT_USAGE
-    if args.repetitions is not None:
-        if args.repetitions < 1:
-            parser.error("--repetitions must be at least 1")
-        config = BenchConfig(
-            config.name, config.points, args.repetitions, config.accelerator, config.point_timeout_seconds
-        )
-    if args.max_points is not None and args.max_points < 0:
-        parser.error("--max-points must not be negative")
     accelerator = choose_accelerator(args.accelerator or config.accelerator)
     if accelerator == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
         print("error: accelerator kvm requested but /dev/kvm cannot be opened", file=err)
@@ -118,22 +133,14 @@ def main(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
     schedule = config.schedule()
     planned = schedule[: args.max_points] if args.max_points is not None else schedule
     if args.dry_run:
-        total = sum(predict_libvirt_seconds(p, accelerator) for p, _ in planned)
-        for point, rep in planned:
-            print(
-                f"{sample_id(point.name, rep)}\t~{predict_libvirt_seconds(point, accelerator):.1f} s",
-                file=out,
-            )
-        print(f"{len(planned)} points, about {_clock(total)} with {accelerator}", file=out)
-        return EXIT_OK
+        return _dry_run(planned, accelerator, out)
     if args.out is None:
         parser.error("give --out FILE.jsonl")
     try:
         install = find_install(args.daemon, args.libvirt_build_dir)
-        guest = build_guest(args.cache_dir)
         runner = LibvirtRunner(
             accelerator=accelerator,
-            guest=guest,
+            guest=build_guest(args.cache_dir),
             install=install,
             qemu=args.qemu,
             wait_other_qemu=args.wait_other_qemu,
@@ -150,9 +157,8 @@ def main(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
         host = host_facts(accelerator, runner.qemu)
-        run_id = args.run_id or default_run_id(
-            config.name, accelerator, host.node, datetime.now(UTC).strftime("%Y%m%d")
-        )
+        date = datetime.now(UTC).strftime("%Y%m%d")
+        run_id = args.run_id or default_run_id(config.name, accelerator, host.node, date)
         print(
             f"run {run_id}: {len(planned)} points with {accelerator} on {host.node}: {install.daemon} "
             f"({install.build}, libvirt {install.version_text}), QEMU {host.qemu}",
@@ -208,17 +214,9 @@ def _measure_all(
         while index < len(planned):
             point, rep = planned[index]
             remaining = sum(predictions[index + 1 :])
-            expected = predictions[index] * max(progress.ratio, 1.0)
-            bound = config.point_timeout_seconds or libvirt_timeout(point)
-            if args.max_seconds is not None:
-                budget = args.max_seconds - progress.elapsed()
-                if expected > budget:
-                    stop_reason = (
-                        f"--max-seconds {args.max_seconds:g}: {point.name} needs ~{expected:.0f} s, "
-                        f"{max(budget, 0):.0f} s left"
-                    )
-                    break
-                bound = min(bound, budget)
+            bound, stop_reason = _bound(args, config, progress, point, predictions[index])
+            if stop_reason:
+                break
             label, began = sample_id(point.name, rep), time.monotonic()
             try:
                 measurement = runner.measure(point, rep, bound)
@@ -239,7 +237,42 @@ def _measure_all(
             progress.report(remaining, f"{label}: {_describe(measurement)}")
     except KeyboardInterrupt:
         stop_reason, status = "interrupted", EXIT_INTERRUPTED
-    skipped = [sample_id(p.name, r) for p, r in planned[index:]]
+    skipped = [sample_id(p.name, r) for p, r in config.schedule()[index:]]  # also beyond --max-points
+    _finish(args, config, runner, run_id, progress, (measured, failures, skipped, stop_reason), out, err)
+    if status != EXIT_OK:
+        return status
+    return EXIT_FAILED_POINTS if failures else EXIT_OK
+
+
+def _bound(
+    args: argparse.Namespace, config: BenchConfig, progress: Progress, point: Point, prediction: float
+) -> tuple[float, str | None]:
+    """The point's time bound, or why the run stops before it (``--max-seconds``)."""
+    bound = config.point_timeout_seconds or libvirt_timeout(point)
+    if args.max_seconds is None:
+        return bound, None
+    expected = prediction * max(progress.ratio, 1.0)
+    budget = args.max_seconds - progress.elapsed()
+    if expected > budget:
+        return bound, (
+            f"--max-seconds {args.max_seconds:g}: {point.name} needs ~{expected:.0f} s, "
+            f"{max(budget, 0):.0f} s left"
+        )
+    return min(bound, budget), None
+
+
+def _finish(
+    args: argparse.Namespace,
+    config: BenchConfig,
+    runner: LibvirtRunner,
+    run_id: str,
+    progress: Progress,
+    outcome: tuple[int, list[dict[str, str]], list[str], str | None],
+    out: TextIO,
+    err: TextIO,
+) -> None:
+    """What was skipped or failed (stderr), and the run's one-line JSON summary (stdout)."""
+    measured, failures, skipped, stop_reason = outcome
     if stop_reason:
         print(f"stopped: {stop_reason}", file=err)
     if skipped:
@@ -249,7 +282,7 @@ def _measure_all(
         print(f"failed: {failure['sampleId']}: {failure['error']}", file=err)
     summary = {
         "runId": run_id,
-        "accelerator": accelerator,
+        "accelerator": runner.accelerator,
         "daemon": runner.install.daemon,
         "libvirt": runner.install.version_text,
         "scheduled": len(config.schedule()),
@@ -261,6 +294,3 @@ def _measure_all(
         "out": str(args.out),
     }
     print(json.dumps(summary), file=out, flush=True)
-    if status != EXIT_OK:
-        return status
-    return EXIT_FAILED_POINTS if failures else EXIT_OK
