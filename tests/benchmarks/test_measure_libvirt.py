@@ -47,10 +47,10 @@ from benchmarks.measure.procfs import ProcessMemory
 from benchmarks.measure.records import build_libvirt_records, validate_libvirt_record
 from benchmarks.measure.runner import PointFailed
 from benchmarks.measure.upload import read_jsonl
+from overhead_service.calibration.records import validate_record
 from overhead_service.errors import InputError
-from overhead_service.measurements import validate_record
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 MEASURE = ROOT / "benchmarks" / "measure"
 MIB = 1024 * 1024
 KIB = 1024
@@ -59,6 +59,13 @@ KIB = 1024
 def _point(**fields: Any) -> Point:
     base: dict[str, Any] = {"vcpus": 2, "memoryMiB": 1024, "touchPct": 100}
     return expand({"points": [base | fields]}).points[0]
+
+
+def _el(parent: ET.Element, path: str) -> ET.Element:
+    """The element at ``path`` (which must be there)."""
+    found = parent.find(path)
+    assert found is not None, path
+    return found
 
 
 def _xml(point: Point, index: int = 0, root: Path = Path("/w")) -> ET.Element:
@@ -72,18 +79,18 @@ def _xml(point: Point, index: int = 0, root: Path = Path("/w")) -> ET.Element:
 def test_minimal_domain_is_kubevirts_with_its_devices_left_out() -> None:
     domain = _xml(_point(vcpus=4, memoryMiB=256))
     assert domain.get("type") == "kvm" and domain.findtext("name") == "default_vmi0"
-    assert domain.find("memory").text == str(256 * MIB) and domain.find("memory").get("unit") == "b"  # type: ignore[union-attr]
-    assert domain.find("vcpu").text == "4"  # type: ignore[union-attr]
+    assert _el(domain, "memory").text == str(256 * MIB) and _el(domain, "memory").get("unit") == "b"
+    assert _el(domain, "vcpu").text == "4"
     topology = domain.find("cpu/topology")
     assert topology is not None and topology.attrib == {"sockets": "4", "cores": "1", "threads": "1"}
-    assert domain.find("cpu").get("mode") == "host-model"  # type: ignore[union-attr]
-    assert domain.find("cpu/feature").attrib == {"policy": "disable", "name": "arch-capabilities"}  # type: ignore[union-attr]
+    assert _el(domain, "cpu").get("mode") == "host-model"
+    assert _el(domain, "cpu/feature").attrib == {"policy": "disable", "name": "arch-capabilities"}
     assert domain.findtext("os/kernel") == "/w/touch.elf" and domain.findtext("os/cmdline") == "pct=100"
-    assert domain.find("os/type").get("machine") == "q35"  # type: ignore[union-attr]
-    assert [(f.tag, f.attrib) for f in domain.find("features")] == [
+    assert _el(domain, "os/type").get("machine") == "q35"
+    assert [(f.tag, f.attrib) for f in _el(domain, "features")] == [
         ("acpi", {}),
         ("vmport", {"state": "off"}),
-    ]  # type: ignore[union-attr]
+    ]
     system = {e.get("name"): e.text for e in domain.findall("sysinfo/system/entry")}
     assert system == {
         "uuid": domain.findtext("uuid"), "manufacturer": "KubeVirt", "family": "KubeVirt", "product": "None",
@@ -95,13 +102,13 @@ def test_minimal_domain_is_kubevirts_with_its_devices_left_out() -> None:
     assert ("usb", "none") in controllers and ("virtio-serial", "virtio-non-transitional") in controllers
     assert not any(kind == "scsi" for kind, _ in controllers)  # hotplug disabled
     assert controllers.count(("pci", "pcie-root-port")) == 6  # virtio-serial's + 5 free (8 counted in all)
-    assert devices.find("memballoon").get("model") == "none"  # type: ignore[union-attr]
-    assert devices.find("channel/target").attrib == {"type": "virtio", "name": "org.qemu.guest_agent.0"}  # type: ignore[union-attr]
+    assert _el(devices, "memballoon").get("model") == "none"
+    assert _el(devices, "channel/target").attrib == {"type": "virtio", "name": "org.qemu.guest_agent.0"}
     serial = devices.find("serial")
     assert serial is not None and serial.get("type") == "unix"
-    assert serial.find("source").attrib == {"mode": "bind", "path": "/w/vm/virt-serial0"}  # type: ignore[union-attr]
-    assert serial.find("log").attrib == {"file": "/w/vm/virt-serial0-log", "append": "on"}  # type: ignore[union-attr]
-    assert devices.find("console").get("type") == "pty"  # type: ignore[union-attr]
+    assert _el(serial, "source").attrib == {"mode": "bind", "path": "/w/vm/virt-serial0"}
+    assert _el(serial, "log").attrib == {"file": "/w/vm/virt-serial0-log", "append": "on"}
+    assert _el(devices, "console").get("type") == "pty"
     for absent in ("video", "graphics", "interface", "disk", "rng"):
         assert devices.find(absent) is None, absent
     assert domain.find("iothreads") is None
@@ -112,19 +119,19 @@ def test_kubevirt_domain_with_graphics_and_iothreads() -> None:
     devices = domain.find("devices")
     assert devices is not None
     assert domain.findtext("iothreads") == "2"
-    assert devices.find("video/model").attrib == {"type": "vga", "heads": "1", "vram": "16384"}  # type: ignore[union-attr]
-    assert devices.find("graphics/listen").attrib == {"type": "socket", "socket": "/w/vm/virt-vnc"}  # type: ignore[union-attr]
+    assert _el(devices, "video/model").attrib == {"type": "vga", "heads": "1", "vram": "16384"}
+    assert _el(devices, "graphics/listen").attrib == {"type": "socket", "socket": "/w/vm/virt-vnc"}
     balloon = devices.find("memballoon")
     assert balloon is not None and balloon.attrib == {
         "model": "virtio-non-transitional",
         "freePageReporting": "on",
     }
-    assert balloon.find("stats").get("period") == "10"  # type: ignore[union-attr]
+    assert _el(balloon, "stats").get("period") == "10"
     driver = devices.find("disk/driver")
     assert driver is not None and driver.get("iothread") == "1" and driver.get("type") == "qcow2"
     assert driver.get("error_policy") == "stop" and driver.get("discard") == "unmap"
-    assert devices.find("interface/model").get("type") == "virtio-non-transitional"  # type: ignore[union-attr]
-    assert devices.find("rng/backend").text == "/dev/urandom"  # type: ignore[union-attr]
+    assert _el(devices, "interface/model").get("type") == "virtio-non-transitional"
+    assert _el(devices, "rng/backend").text == "/dev/urandom"
     controllers = [(c.get("type"), c.get("model")) for c in devices.findall("controller")]
     assert ("scsi", "virtio-non-transitional") in controllers
     # 6 devices on ports, 3 placeholder interfaces (4 - 1), no extra: 8 counted, 3 free at least
@@ -465,6 +472,7 @@ def _cli(*args: str) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.qemu
 def test_smoke_through_private_libvirtd(guest: Path, tmp_path: Path) -> None:
     out = tmp_path / "smoke.jsonl"
     run = _cli(
@@ -512,6 +520,7 @@ def _install(daemon: Path | None = None) -> LibvirtInstall:
     )  # fmt: skip
 
 
+@pytest.mark.qemu
 def test_a_daemon_that_will_not_start(guest: Path, shared_dir: Path) -> None:
     broken = shared_dir / "libvirtd"
     broken.write_text("#!/bin/sh\necho 'error : cannot listen on the socket' >&2\nexit 1\n")
@@ -529,6 +538,7 @@ def test_a_daemon_that_will_not_start(guest: Path, shared_dir: Path) -> None:
     assert _leftovers(os.getpid()) == []
 
 
+@pytest.mark.qemu
 def test_a_domain_that_does_not_boot(shared_dir: Path) -> None:
     garbage = shared_dir / "garbage.elf"
     garbage.write_bytes(b"\x7fELF" + os.urandom(4096))
@@ -545,6 +555,7 @@ def test_a_domain_that_does_not_boot(shared_dir: Path) -> None:
     assert _leftovers(os.getpid()) == []
 
 
+@pytest.mark.qemu
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_run_stops_everything(guest: Path, tmp_path: Path, signum: int) -> None:
     out = tmp_path / "interrupted.jsonl"
