@@ -578,3 +578,16 @@ def test_an_interrupted_run_stops_everything(guest: Path, tmp_path: Path, signum
     assert json.loads(stdout.strip().splitlines()[-1])["stopReason"] == "interrupted"
     assert out.read_text() == ""  # nothing half-written
     assert _leftovers(run.pid) == []
+
+
+def test_committed_results_are_valid_records() -> None:
+    """The raw records in benchmarks/measure/results stay readable as what they claim to be."""
+    counts: dict[str, int] = {}
+    for path in sorted((MEASURE / "results").glob("*.jsonl")):
+        for record in read_jsonl(path):
+            if record.get("launcher") == "libvirt":
+                validate_libvirt_record(record)
+            else:
+                validate_record(record)
+            counts[record["scope"]] = counts.get(record["scope"], 0) + 1
+    assert counts["virtqemud"] == counts["virtlogd"] >= 84 and counts["qemu"] >= 100
