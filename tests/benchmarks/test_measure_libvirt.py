@@ -433,18 +433,18 @@ def _leftovers(pid: int) -> list[str]:
     return found
 
 
-def _in_cgroups_of(pid: int, comm: str) -> bool:
+def _in_cgroups_of(pid: int, comm: str, cgroup: str) -> bool:
+    """Whether a process named ``comm`` runs in the cgroup ``cgroup`` of benchmark process ``pid``."""
     marker = f"overhead-measure-{pid}-"
     for entry in Path("/proc").iterdir():
         try:
-            if (
-                entry.name.isdigit()
-                and (entry / "comm").read_text().strip() == comm
-                and marker in (entry / "cgroup").read_text()
-            ):
-                return True
+            if not entry.name.isdigit() or (entry / "comm").read_text().strip() != comm:
+                continue
+            memory = [line for line in (entry / "cgroup").read_text().splitlines() if marker in line]
         except OSError:
             continue
+        if any(line.endswith(f"/{cgroup}") for line in memory):
+            return True
     return False
 
 
@@ -556,8 +556,14 @@ def test_a_domain_that_does_not_boot(shared_dir: Path) -> None:
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupted_run_stops_everything(guest: Path, tmp_path: Path, signum: int) -> None:
+@pytest.mark.parametrize(
+    ("signum", "comm", "cgroup"),
+    [(signal.SIGINT, "qemu-system-x86", "default_vmi0"), (signal.SIGTERM, "libvirtd", "daemon")],
+    ids=["SIGINT-with-the-guest-running", "SIGTERM-with-the-daemon-up"],
+)
+def test_an_interrupted_run_stops_everything(
+    guest: Path, tmp_path: Path, signum: int, comm: str, cgroup: str
+) -> None:
     out = tmp_path / "interrupted.jsonl"
     run = _cli(
         "--config", str(MEASURE / "libvirt-smoke.yaml"), "--daemon", "libvirtd", "--out", str(out),
@@ -565,7 +571,7 @@ def test_an_interrupted_run_stops_everything(guest: Path, tmp_path: Path, signum
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 600  # the point waits (bounded) for other measurements
-        while not _in_cgroups_of(run.pid, "libvirtd"):
+        while not _in_cgroups_of(run.pid, comm, cgroup):
             assert run.poll() is None and time.monotonic() < deadline, run.communicate()
             time.sleep(0.05)
         run.send_signal(signum)
