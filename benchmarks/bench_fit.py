@@ -1,4 +1,4 @@
-"""Speed of fitting a calibration table (issue 3 target: 10^6 samples in <= 2 s).
+"""Speed of fitting a calibration table (the target: 10^6 samples in <= 2 s).
 
 Synthetic qemu-scope measurements (fixed 38 MiB, 0.07 MiB/vCPU, 2.1 MiB/GiB, graphics +2.5 MiB,
 σ = 0.3 MiB over 6 vCPU counts × 7 guest sizes × graphics) against ``kubevirt-v1.9.0``.  For each
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from overhead_service.calibration import fitting
+from overhead_service import calibration
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,14 +41,14 @@ TARGET_N = 1_000_000
 TARGET_SECONDS = 2.0
 
 
-def synthetic(n: int, seed: int) -> fitting.SampleArrays:
+def synthetic(n: int, seed: int) -> calibration.SampleArrays:
     rng = np.random.default_rng(seed)
     vcpus = rng.choice([1, 2, 4, 8, 16, 32], n)
     guest = rng.choice([1, 2, 4, 8, 16, 32, 64], n) * Gi
     graphics = rng.random(n) < 0.5
     overhead = 38 * Mi + 0.07 * Mi * vcpus + 2.1 * Mi * guest / Gi + 2.5 * Mi * graphics
     overhead += rng.normal(0, 0.3 * Mi, n)
-    return fitting.SampleArrays.of(
+    return calibration.SampleArrays.of(
         overhead_bytes=np.round(overhead).astype(np.int64),
         vcpus=vcpus,
         guest_memory_bytes=guest,
@@ -84,7 +84,7 @@ def main() -> int:
         "new_id": "bench-fit",
         "requested_by": "bench",
     }
-    fitting.fit_arrays(synthetic(1000, 0), parent, **options)  # warm-up: imports, caches
+    calibration.fit_arrays(synthetic(1000, 0), parent, **options)  # warm-up: imports, caches
 
     print(
         f"fit benchmark — Python {platform.python_version()}, numpy {np.__version__}, median of {args.repeat}"
@@ -99,8 +99,12 @@ def main() -> int:
     for n in args.sizes:
         arrays = synthetic(n, seed=n)
         samples = [arrays.sample(i, "qemu") for i in range(n)]
-        fit_seconds, (_, report) = timed(partial(fitting.fit_arrays, arrays, parent, **options), args.repeat)
-        convert_seconds, _ = timed(partial(fitting.SampleArrays.from_samples, samples, "qemu"), args.repeat)
+        fit_seconds, (_, report) = timed(
+            partial(calibration.fit_arrays, arrays, parent, **options), args.repeat
+        )
+        convert_seconds, _ = timed(
+            partial(calibration.SampleArrays.from_samples, samples, "qemu"), args.repeat
+        )
         del samples
         row = {
             "samples": n,

@@ -4,7 +4,7 @@
         [--parent kubevirt-v1.9.0] [--hypervisor kvm --arch amd64 --scope qemu] [--target 0.99] \\
         [--machine "what the host was"]
 
-The fit is the service's own (:func:`overhead_service.calibration.fitting.fit`, held-out coverage included);
+The fit is the service's own (:func:`overhead_service.calibration.fit`, held-out coverage included);
 this script only adds what a shipped table must say about itself: the machine class, the QEMU and
 kernel versions, the accelerator, the sample count, the held-out coverage, and where the raw
 records are.  The table is marked built-in and stays inactive until an operator activates it.
@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from overhead_service.calibration import fitting
+from overhead_service import calibration
 from overhead_service.calibration.records import validate_record
 from overhead_service.model.tables import TableRegistry, compile_table
 
@@ -55,8 +55,8 @@ def main() -> int:
             facts.setdefault(key, set()).add(str(value))
     host_facts = {key: sorted(values) for key, values in sorted(facts.items())}
     parent = TableRegistry.builtin().document(args.parent)
-    document, report = fitting.fit(
-        [fitting.sample_from_record(r) for r in chosen],
+    document, report = calibration.fit(
+        [calibration.sample_from_record(r) for r in chosen],
         parent,
         hypervisor=args.hypervisor,
         arch=args.arch,

@@ -22,9 +22,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from overhead_service import config as settings
 from overhead_service import jsonio, multiproc, nodecheck
-from overhead_service.calibration.fitting import SampleArrays
 from overhead_service.calibration.records import parse_timestamp, validate_record
 from overhead_service.calibration.report import UPSTREAM_TABLE, default_target, render_report
+from overhead_service.calibration.samples import SampleArrays
 from overhead_service.calibration.selection import describe_selection
 from overhead_service.errors import InputError, UnknownTable, http_status, problem
 from overhead_service.logs import JsonFormatter

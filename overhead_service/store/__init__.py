@@ -97,7 +97,7 @@ _STREAM_ROWS: Final = 5000
 
 TABLE_KINDS: Final = ("builtin", "draft", "fitted")
 
-# What Store.measurement_columns returns besides ids: the names of fitting.SampleArrays' fields.
+# What Store.measurement_columns returns besides ids: the names of calibration.SampleArrays' fields.
 FIT_COLUMNS: Final = (
     "overhead_bytes",
     "vcpus",
@@ -522,7 +522,7 @@ class Store:
         Keys: ``id`` and :data:`FIT_COLUMNS` (``overhead_bytes``, ``vcpus``, ``guest_memory_bytes``,
         ``io_threads``, ``exec_probes`` as int64; ``graphics``, ``vfio``, ``tpm``, ``sev``,
         ``dedicated_cpu``, ``downward_metrics``, ``vcpus_online`` as bool) — the field names of
-        :class:`overhead_service.calibration.fitting.SampleArrays`. An absent optional field reads as the
+        :class:`overhead_service.calibration.SampleArrays`. An absent optional field reads as the
         record format's default: false, 0, and ``vcpus_online`` true.
         """
         m = measurements.c

@@ -1,7 +1,7 @@
 """``POST /v1/fits``: fit a new draft table from stored measurements.
 
-The fit itself is :func:`overhead_service.calibration.fitting.fit`; this blueprint selects the measurements,
-names the draft after its inputs (:func:`overhead_service.calibration.activation.fit_id`), stores it
+The fit itself is :func:`overhead_service.calibration.fit_arrays`; this blueprint selects the
+measurements, names the draft after its inputs (:func:`overhead_service.calibration.fit_id`), stores it
 (immutable; the same fit asked twice returns the table already stored) and makes it known to this
 worker at once (the others catch up through :mod:`overhead_service.sync`).
 """
@@ -13,8 +13,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app
 
-from overhead_service.calibration import activation as calibration
-from overhead_service.calibration import fitting
+from overhead_service.calibration import SampleArrays, fit_arrays, fit_id
 from overhead_service.errors import InputError
 from overhead_service.extensions import get_store, get_sync
 from overhead_service.web.auth import require_role
@@ -57,7 +56,7 @@ def _create_fit(actor: str) -> Response:
     store = get_store()
     columns = store.measurement_columns(**selector)  # numpy columns: 10^6 samples stay feasible
     ids = columns.pop("id")
-    table_id = calibration.fit_id(
+    table_id = fit_id(
         parent=parent_id,
         hypervisor=selector["hypervisor"],
         arch=selector["arch"],
@@ -70,9 +69,9 @@ def _create_fit(actor: str) -> Response:
     existing = store.get_table(table_id)
     if existing is not None:  # the same inputs name the same immutable table
         FITS.labels("existing").inc()
-        return json_response({"table": _summary(existing), "report": existing["document"].get("fit")})
-    document, report = fitting.fit_arrays(
-        fitting.SampleArrays.of(**columns),
+        return json_response({"table": _stored_table(existing), "report": existing["document"].get("fit")})
+    document, summary = fit_arrays(
+        SampleArrays.of(**columns),
         parent,
         hypervisor=selector["hypervisor"],
         arch=selector["arch"],
@@ -90,12 +89,12 @@ def _create_fit(actor: str) -> Response:
     assert stored is not None
     FITS.labels("created").inc()
     FIT_SECONDS.observe(time.perf_counter() - started)
-    response = json_response({"table": _summary(stored), "report": report.to_json()}, status=201)
+    response = json_response({"table": _stored_table(stored), "report": summary.to_json()}, status=201)
     response.headers["Location"] = f"/v1/tables/{table_id}"
     return response
 
 
-def _summary(row: dict[str, Any]) -> dict[str, Any]:
+def _stored_table(row: dict[str, Any]) -> dict[str, Any]:
     return {key: row[key] for key in ("id", "kind", "createdAt", "createdBy", "parentId", "contentSha256")}
 
 

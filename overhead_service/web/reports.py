@@ -21,9 +21,9 @@ from typing import Any, Final
 
 from flask import Blueprint, Response
 
-from overhead_service.calibration.fitting import SampleArrays
 from overhead_service.calibration.records import HYPERVISORS, SCOPES
 from overhead_service.calibration.report import UPSTREAM_TABLE, default_target, render_report
+from overhead_service.calibration.samples import SampleArrays
 from overhead_service.calibration.selection import describe_selection
 from overhead_service.errors import UnknownTable
 from overhead_service.extensions import get_store

@@ -11,9 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app
 
-from overhead_service.calibration import activation as calibration
-from overhead_service.calibration import fitting
-from overhead_service.calibration.records import validate_batch
+from overhead_service.calibration import check_activation, evaluate_table, sample_from_record, validate_batch
 from overhead_service.errors import Conflict, InputError
 from overhead_service.extensions import get_store, get_sync
 from overhead_service.web.auth import require_role
@@ -41,7 +39,7 @@ _EVALUATE_FIELDS = frozenset({"hypervisor", "arch", "scope", "runs", "since", "u
 
 
 @bp.post("/<table_id>/evaluate")
-def evaluate(table_id: str) -> Response:
+def evaluate_on_measurements(table_id: str) -> Response:
     """How the table does on measurements given inline or selected from the store.
 
     Coverage, the under-provisioned samples and the over-provisioning quantiles: how an operator
@@ -60,11 +58,11 @@ def evaluate(table_id: str) -> Response:
         ]
     else:
         records = get_store().select_measurements(**selector)
-    samples = [fitting.sample_from_record(r) for r in records]
-    report = fitting.evaluate(
+    samples = [sample_from_record(r) for r in records]
+    evaluation = evaluate_table(
         document, samples, hypervisor=selector["hypervisor"], arch=selector["arch"], scope=selector["scope"]
     )
-    return json_response({"table": table_id, **report})
+    return json_response({"table": table_id, **evaluation})
 
 
 _ACTIVATE_FIELDS = frozenset({"hypervisor", "arch", "force", "reason"})
@@ -99,7 +97,7 @@ def activate(table_id: str) -> Response:
     reason = _reason(body)
     if registry().get(table_id).model_for(hypervisor, arch) is None:
         raise Conflict("arch", f"table {table_id!r} has no model for {hypervisor} on {arch!r}")
-    facts = calibration.check_activation(
+    facts = check_activation(
         document,
         hypervisor=hypervisor,
         arch=arch,

@@ -59,7 +59,7 @@ from benchmarks.cluster.upload import JsonLinesSink, Uploader, UploadError
 from benchmarks.cluster.vmi import MAX_USER_DATA, user_data, vmi_manifest, vmi_name
 from benchmarks.harness.tls import CertificateAuthority
 from benchmarks.harness.tokens import INGEST_TOKEN
-from overhead_service.calibration.fitting import sample_from_record, sample_vmi
+from overhead_service.calibration import sample_from_record, sample_vmi
 from overhead_service.calibration.records import validate_record
 from overhead_service.kube import Access
 from overhead_service.model.vmi import extract_features
@@ -550,7 +550,7 @@ def test_kvm_run_builds_the_pod_record_and_the_service_stores_it(
 
 
 def test_record_describes_the_vmi_as_the_fit_rebuilds_it() -> None:
-    """The record's vm fields make fitting.sample_vmi spell the VMI the benchmark created."""
+    """The record's vm fields make calibration.sample_vmi spell the VMI the benchmark created."""
     config = parse_config(kvm_config(shapes={"repetitions": 1, "points": [KVM_SHAPE, MSHV_SHAPE]}))
     for shape, record_vm in zip(config.shapes, (KVM_POD_RECORD["vm"], MSHV_VM), strict=True):
         created = vmi_manifest(

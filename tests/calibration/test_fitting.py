@@ -1,4 +1,4 @@
-"""Tests for overhead_service.calibration.fitting: NNLS, the fit of a draft table, coverage, evaluation.
+"""The fit (overhead_service.calibration): NNLS, the fit of a draft table, coverage, evaluation.
 
 Synthetic measurements come from known constants plus Gaussian noise (the issue's example:
 fixed 38 MiB, 0.07 MiB per vCPU, 2.1 MiB per GiB of guest memory, graphics +2.5 MiB, σ = 0.3 MiB)
@@ -22,8 +22,12 @@ import numpy as np
 import pytest
 
 import overhead_service
-from overhead_service.calibration import fitting
-from overhead_service.calibration.fitting import Sample, SampleArrays
+from overhead_service import calibration
+from overhead_service.calibration import Sample, SampleArrays
+from overhead_service.calibration.conformal import MIN_SAMPLES_FLOOR
+from overhead_service.calibration.draft import COEFFICIENT_PLACES
+from overhead_service.calibration.prediction import ceil_mul
+from overhead_service.calibration.samples import MAX_BYTES
 from overhead_service.errors import InputError
 from overhead_service.model.service import OverheadService
 from overhead_service.model.tables import Model, Table, TableRegistry, compile_table
@@ -78,10 +82,10 @@ def samples_of(arrays: SampleArrays, scope: str = "qemu") -> list[Sample]:
 
 def run_fit(
     arrays: SampleArrays, parent: dict[str, Any] | None = None, **options: Any
-) -> tuple[dict[str, Any], fitting.FitReport]:
+) -> tuple[dict[str, Any], calibration.FitSummary]:
     options = {"hypervisor": "kvm", "arch": "amd64", "scope": "qemu", "new_id": "fit-test", **options}
     options.setdefault("requested_by", "tester")
-    return fitting.fit_arrays(arrays, parent if parent is not None else PARENT, **options)
+    return calibration.fit_arrays(arrays, parent if parent is not None else PARENT, **options)
 
 
 def model_of(document: dict[str, Any] | Table, hypervisor: str = "kvm", arch: str = "amd64") -> Model:
@@ -91,13 +95,13 @@ def model_of(document: dict[str, Any] | Table, hypervisor: str = "kvm", arch: st
     return model
 
 
-def within(entry: fitting.ComponentFit, truth: float, sigmas: float = 3.0) -> bool:
+def within(entry: calibration.ComponentFit, truth: float, sigmas: float = 3.0) -> bool:
     assert entry.estimate is not None and entry.standard_error is not None
     return abs(entry.estimate - truth) <= sigmas * entry.standard_error
 
 
 @pytest.fixture(scope="module")
-def qemu_fit() -> tuple[dict[str, Any], fitting.FitReport]:
+def qemu_fit() -> tuple[dict[str, Any], calibration.FitSummary]:
     return run_fit(synthetic(20_000, seed=1))
 
 
@@ -136,7 +140,7 @@ def test_nnls_matches_brute_force_and_is_never_negative(seed: int) -> None:
     if seed % 3 == 0:
         x = np.abs(x)  # non-negative designs, as overhead columns are
     y = rng.normal(size=n) * 10
-    b = fitting.nnls(x, y)
+    b = calibration.nnls(x, y)
     assert b.shape == (p,)
     assert np.all(b >= 0)
     expected = brute_force_nnls(x, y)
@@ -149,14 +153,14 @@ def test_nnls_recovers_an_interior_solution_exactly() -> None:
     rng = np.random.default_rng(7)
     x = np.column_stack([np.ones(200), rng.uniform(1, 64, 200), rng.integers(0, 2, 200)])
     truth = np.array([38.0, 0.07, 2.5])
-    np.testing.assert_allclose(fitting.nnls(x, x @ truth), truth, rtol=1e-9)
+    np.testing.assert_allclose(calibration.nnls(x, x @ truth), truth, rtol=1e-9)
 
 
 def test_nnls_clips_a_negative_effect_to_zero() -> None:
     rng = np.random.default_rng(3)
     x = np.column_stack([np.ones(100), rng.uniform(0, 10, 100)])
     y = 50 - 2 * x[:, 1]  # the slope wants to be negative
-    b = fitting.nnls(x, y)
+    b = calibration.nnls(x, y)
     assert b[1] == 0
     assert b[0] == pytest.approx(float(np.mean(y)))
 
@@ -166,10 +170,10 @@ def test_nnls_survives_zero_and_collinear_columns() -> None:
     base = rng.uniform(1, 5, 50)
     x = np.column_stack([base, np.zeros(50), 2 * base])
     y = 3 * base
-    b = fitting.nnls(x, y)
+    b = calibration.nnls(x, y)
     assert b[1] == 0 and np.all(b >= 0)
     assert objective(x, b, y) == pytest.approx(0, abs=1e-12)
-    assert fitting.nnls_gram(np.zeros((0, 0)), np.zeros(0)).shape == (0,)
+    assert calibration.nnls_gram(np.zeros((0, 0)), np.zeros(0)).shape == (0,)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,47 +182,47 @@ def test_nnls_survives_zero_and_collinear_columns() -> None:
 
 
 def test_fit_recovers_each_coefficient_within_three_standard_errors(qemu_fit: Any) -> None:
-    _, report = qemu_fit
-    assert report.n == 20_000 and report.fixed_part == "qemu"
-    assert within(report.component("qemu"), TRUTH["fixed"] - 8 * Mi)  # ioThread's 8Mi is kept
-    assert within(report.component("vcpus"), TRUTH["vcpu"])
-    assert within(report.component("pagetables"), TRUTH["gib"] / Gi)
-    assert within(report.component("video"), TRUTH["graphics"])
+    _, summary = qemu_fit
+    assert summary.n == 20_000 and summary.fixed_part == "qemu"
+    assert within(summary.component("qemu"), TRUTH["fixed"] - 8 * Mi)  # ioThread's 8Mi is kept
+    assert within(summary.component("vcpus"), TRUTH["vcpu"])
+    assert within(summary.component("pagetables"), TRUTH["gib"] / Gi)
+    assert within(summary.component("video"), TRUTH["graphics"])
     for name in ("qemu", "vcpus", "pagetables", "video"):
-        entry = report.component(name)
+        entry = summary.component(name)
         assert entry.status == "fitted" and entry.reason is None
         assert 0 < entry.standard_error < 0.02 * entry.estimate  # n = 20,000 pins them down
-    assert report.sigma_bytes == pytest.approx(SIGMA, rel=0.05)
+    assert summary.sigma_bytes == pytest.approx(SIGMA, rel=0.05)
 
 
 def test_fitted_values_are_rounded_up_and_the_margin_sits_in_the_fixed_part(qemu_fit: Any) -> None:
-    document, report = qemu_fit
+    document, summary = qemu_fit
     specs = {c["name"]: c for c in document["models"][0]["components"]}
     assert document["models"][0]["arch"] == "amd64"
     assert specs["vcpus"] == {
         **specs["vcpus"],
         "term": "perVcpu",
-        "quantity": report.component("vcpus").value,
+        "quantity": summary.component("vcpus").value,
     }
-    assert int(specs["vcpus"]["quantity"]) == math.ceil(report.component("vcpus").estimate)
-    assert int(specs["video"]["quantity"]) == math.ceil(report.component("video").estimate)
+    assert int(specs["vcpus"]["quantity"]) == math.ceil(summary.component("vcpus").estimate)
+    assert int(specs["video"]["quantity"]) == math.ceil(summary.component("video").estimate)
     assert specs["video"]["when"] == {"feature": "graphics"}
     qemu = int(specs["qemu"]["quantity"])
-    assert qemu == math.ceil(report.component("qemu").estimate) + report.margin_bytes
+    assert qemu == math.ceil(summary.component("qemu").estimate) + summary.margin_bytes
     # The margin is about the 99.5 % point of N(0, σ): 2.58 σ.
-    assert report.margin_bytes == pytest.approx(2.576 * SIGMA, rel=0.15)
+    assert summary.margin_bytes == pytest.approx(2.576 * SIGMA, rel=0.15)
     pagetables = specs["pagetables"]
     assert pagetables["term"] == "perGuestByte" and "divisor" not in pagetables
     coefficient = Fraction(pagetables["coefficient"])
-    assert coefficient.denominator <= 10**fitting.COEFFICIENT_PLACES
-    assert 0 <= coefficient - Fraction(report.component("pagetables").estimate) < Fraction(1, 10**12)
+    assert coefficient.denominator <= 10**COEFFICIENT_PLACES
+    assert 0 <= coefficient - Fraction(summary.component("pagetables").estimate) < Fraction(1, 10**12)
     assert all(s.isdigit() for s in (specs["qemu"]["quantity"], specs["video"]["quantity"]))
 
 
 def test_fit_accepts_sample_objects_and_gives_the_same_draft() -> None:
     arrays = synthetic(1500, seed=11)
     by_arrays, _ = run_fit(arrays)
-    by_samples, _ = fitting.fit(
+    by_samples, _ = calibration.fit(
         samples_of(arrays),
         PARENT,
         hypervisor="kvm",
@@ -232,11 +236,11 @@ def test_fit_accepts_sample_objects_and_gives_the_same_draft() -> None:
 
 def test_fit_is_deterministic_for_a_seed_and_folds_depend_on_it() -> None:
     arrays = synthetic(2000, seed=12)
-    first, report = run_fit(arrays, seed=4)
+    first, summary = run_fit(arrays, seed=4)
     again, _ = run_fit(arrays, seed=4)
-    other, other_report = run_fit(arrays, seed=5)
+    other, other_summary = run_fit(arrays, seed=5)
     assert first == again
-    assert report.held_out["perFold"] != other_report.held_out["perFold"]
+    assert summary.held_out["perFold"] != other_summary.held_out["perFold"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -253,18 +257,18 @@ def test_the_table_meets_the_target_on_fresh_samples() -> None:
     """
     target, coverages = 0.995, []
     for rep in range(6):
-        document, report = run_fit(synthetic(20_000, seed=100 + rep), target=target, seed=rep)
+        document, summary = run_fit(synthetic(20_000, seed=100 + rep), target=target, seed=rep)
         fresh = synthetic(100_000, seed=1000 + rep)
-        result = fitting.evaluate(document, fresh, hypervisor="kvm", arch="amd64", scope="qemu")
+        result = calibration.evaluate_table(document, fresh, hypervisor="kvm", arch="amd64", scope="qemu")
         coverages.append(result["coverage"])
         assert result["coverage"] >= target - 0.002
-        assert abs(report.held_out["coverage"] - result["coverage"]) < 0.003  # held-out is honest
+        assert abs(summary.held_out["coverage"] - result["coverage"]) < 0.003  # held-out is honest
     assert float(np.mean(coverages)) >= target - 0.0007
 
 
 def test_held_out_coverage_is_measured_per_fold_and_pooled(qemu_fit: Any) -> None:
-    _, report = qemu_fit
-    held = report.held_out
+    _, summary = qemu_fit
+    held = summary.held_out
     assert len(held["perFold"]) == 5
     assert sum(f["samples"] for f in held["perFold"]) == 20_000
     assert held["covered"] == sum(f["covered"] for f in held["perFold"])
@@ -274,7 +278,7 @@ def test_held_out_coverage_is_measured_per_fold_and_pooled(qemu_fit: Any) -> Non
     # Each outer fold's margin comes from the other folds only, so the margins differ a little.
     margins = [f["marginBytes"] for f in held["perFold"]]
     assert len(set(margins)) > 1
-    assert all(m == pytest.approx(report.margin_bytes, rel=0.1) for m in margins)
+    assert all(m == pytest.approx(summary.margin_bytes, rel=0.1) for m in margins)
 
 
 def test_lower_target_gives_smaller_margin_and_coverage() -> None:
@@ -286,9 +290,9 @@ def test_lower_target_gives_smaller_margin_and_coverage() -> None:
     assert low.held_out["coverage"] == pytest.approx(0.9, abs=0.015)
 
 
-def test_report_records_provenance_and_is_json(qemu_fit: Any) -> None:
-    document, report = qemu_fit
-    assert document["fit"] == report.to_json()
+def test_summary_is_recorded_in_the_provenance_as_json(qemu_fit: Any) -> None:
+    document, summary = qemu_fit
+    assert document["fit"] == summary.to_json()
     text = json.dumps(document, allow_nan=False)  # no NaN anywhere
     assert json.loads(text) == document
     fit = document["fit"]
@@ -302,13 +306,13 @@ def test_report_records_provenance_and_is_json(qemu_fit: Any) -> None:
     provenance = document["provenance"]
     assert provenance["kind"] == "fit" and provenance["parent"] == "kubevirt-v1.9.0"
     assert provenance["requestedBy"] == "tester" and provenance["samples"] == 20_000
-    assert provenance["heldOutCoverage"] == report.held_out["coverage"]
+    assert provenance["heldOutCoverage"] == summary.held_out["coverage"]
 
 
 def test_host_facts_are_recorded() -> None:
     facts = {"qemu": ["9.2.0"], "kernel": ["6.12.1"], "accelerator": ["kvm"]}
-    document, report = run_fit(synthetic(600, seed=3), host_facts=facts, requested_by=None)
-    assert report.host_facts == facts
+    document, summary = run_fit(synthetic(600, seed=3), host_facts=facts, requested_by=None)
+    assert summary.host_facts == facts
     assert document["fit"]["hostFacts"] == facts and document["provenance"]["hostFacts"] == facts
     assert document["fit"]["requestedBy"] is None
 
@@ -337,28 +341,28 @@ def test_draft_is_a_valid_table_and_the_parent_is_untouched(qemu_fit: Any) -> No
 
 def test_a_fit_on_a_fitted_table_replaces_its_model_in_place(qemu_fit: Any) -> None:
     first, _ = qemu_fit
-    second, report = run_fit(synthetic(1000, seed=13), parent=first, new_id="fit-second")
-    assert second["parent"] == "fit-test" and report.parent_id == "fit-test"
+    second, summary = run_fit(synthetic(1000, seed=13), parent=first, new_id="fit-second")
+    assert second["parent"] == "fit-test" and summary.parent_id == "fit-test"
     assert [(m["hypervisor"], m["arch"]) for m in second["models"]] == [
         (m["hypervisor"], m["arch"]) for m in first["models"]
     ]
     assert second["fit"]["samples"] == 1000 and second["provenance"]["parent"] == "fit-test"
     # pagetables is a perGuestByte term in the parent now: its coefficient is refitted.
-    assert report.component("pagetables").parent_value == first["models"][0]["components"][0]["coefficient"]
+    assert summary.component("pagetables").parent_value == first["models"][0]["components"][0]["coefficient"]
     assert compile_table(second).id == "fit-second"
 
 
 def test_a_registry_takes_the_draft_and_the_service_answers_with_it(qemu_fit: Any) -> None:
-    document, report = qemu_fit
+    document, summary = qemu_fit
     registry = TableRegistry.builtin()
     registry.add(compile_table(document))
     service = OverheadService(registry)
-    vmi = fitting.sample_vmi(Sample("pod", 0, vcpus=4, guest_memory_bytes=8 * Gi, graphics=True), "amd64")
+    vmi = calibration.sample_vmi(Sample("pod", 0, vcpus=4, guest_memory_bytes=8 * Gi, graphics=True), "amd64")
     answer = service.compute({"vmi": vmi, "table": "fit-test", "cpuArch": "amd64"})
     assert answer["table"] == {"id": "fit-test", "provisional": False}
     parts = {p["name"]: p["bytes"] for p in answer["components"]}
-    assert parts["vcpus"] == 4 * int(report.component("vcpus").value)
-    assert parts["video"] == int(report.component("video").value)
+    assert parts["vcpus"] == 4 * int(summary.component("vcpus").value)
+    assert parts["video"] == int(summary.component("video").value)
 
 
 @pytest.mark.parametrize("graphics", [False, True])
@@ -367,8 +371,8 @@ def test_a_registry_takes_the_draft_and_the_service_answers_with_it(qemu_fit: An
 def test_predict_through_the_draft_equals_the_fitted_formula(
     qemu_fit: Any, graphics: bool, vcpus: int, guest: int
 ) -> None:
-    document, report = qemu_fit
-    values = {c.component: c.value for c in report.components}
+    document, summary = qemu_fit
+    values = {c.component: c.value for c in summary.components}
     coefficient = Fraction(values["pagetables"])
     formula = (
         int(values["qemu"])
@@ -378,7 +382,7 @@ def test_predict_through_the_draft_equals_the_fitted_formula(
         + (int(values["video"]) if graphics else 0)
     )
     sample = Sample("qemu", 0, vcpus=vcpus, guest_memory_bytes=guest, graphics=graphics)
-    assert fitting.predict(model_of(document), sample, "amd64") == formula
+    assert calibration.predict(model_of(document), sample, "amd64") == formula
 
 
 # --------------------------------------------------------------------------------------------------
@@ -389,20 +393,20 @@ def test_predict_through_the_draft_equals_the_fitted_formula(
 def test_constant_features_keep_the_parents_constants_and_are_subtracted() -> None:
     # Graphics always on, one guest size: video and pagetables are not separable from the fixed part.
     arrays = synthetic(3000, seed=31, graphics_share=1.0, guest_gib=(4,))
-    document, report = run_fit(arrays)
+    document, summary = run_fit(arrays)
     specs = {c["name"]: c for c in document["models"][0]["components"]}
     parent = {c["name"]: c for c in PARENT["models"][0]["components"]}
     for name in ("video", "pagetables", "ioThread", "pflash"):
-        assert report.component(name).status == "kept"
+        assert summary.component(name).status == "kept"
         assert specs[name] == parent[name]
-    assert "constant" in str(report.component("video").reason)
-    assert "constant" in str(report.component("pagetables").reason)
-    assert report.component("pflash").reason == "does not apply on 'amd64'"
+    assert "constant" in str(summary.component("video").reason)
+    assert "constant" in str(summary.component("pagetables").reason)
+    assert summary.component("pflash").reason == "does not apply on 'amd64'"
     # The kept contributions were subtracted: qemu = measured fixed part − kept constants.
     page_tables = (4 * Gi // 1000 + (4 * Gi % 1000 > 0)) * 1000 // 512
     expected = TRUTH["fixed"] + TRUTH["graphics"] + 4 * TRUTH["gib"] - 8 * Mi - 32 * Mi - page_tables
-    assert within(report.component("qemu"), expected)
-    assert within(report.component("vcpus"), TRUTH["vcpu"])
+    assert within(summary.component("qemu"), expected)
+    assert within(summary.component("vcpus"), TRUTH["vcpu"])
 
 
 def test_absent_and_rare_features_keep_the_parents_constants() -> None:
@@ -419,13 +423,15 @@ def test_absent_and_rare_features_keep_the_parents_constants() -> None:
         tpm=tpm,
         sev=rng.random(n) < 0,  # all false
     )
-    _, report = run_fit(arrays, scope="pod")
-    assert report.component("tpm").status == "kept"
-    assert report.component("tpm").reason == f"present in only 2 samples (fewer than {fitting.MIN_SUPPORT})"
-    assert report.component("sev").reason == "absent from every sample"
-    assert report.component("reservedOverhead").status == "kept"
+    _, summary = run_fit(arrays, scope="pod")
+    assert summary.component("tpm").status == "kept"
+    assert (
+        summary.component("tpm").reason == f"present in only 2 samples (fewer than {calibration.MIN_SUPPORT})"
+    )
+    assert summary.component("sev").reason == "absent from every sample"
+    assert summary.component("reservedOverhead").status == "kept"
     for name in ("virtLauncherMonitor", "virtLauncher", "virtlogd", "virtqemud"):
-        entry = report.component(name)
+        entry = summary.component(name)
         assert entry.status == "kept" and "not separable from the fixed part" in str(entry.reason)
 
 
@@ -442,12 +448,14 @@ def test_collinear_features_fit_the_first_and_keep_the_second() -> None:
         sev=both,
         tpm=both,
     )
-    _, report = run_fit(arrays, scope="pod")
-    assert not report.warnings
-    assert report.component("sev").status == "fitted"
-    assert report.component("tpm").status == "kept" and report.component("tpm").reason == "collinear with sev"
+    _, summary = run_fit(arrays, scope="pod")
+    assert not summary.warnings
+    assert summary.component("sev").status == "fitted"
+    assert (
+        summary.component("tpm").status == "kept" and summary.component("tpm").reason == "collinear with sev"
+    )
     # sev absorbs the joint effect beyond the kept tpm 53Mi.
-    assert within(report.component("sev"), 300 * Mi - 53 * Mi)
+    assert within(summary.component("sev"), 300 * Mi - 53 * Mi)
 
 
 def test_vcpus_offline_keeps_the_parents_per_vcpu_constant() -> None:
@@ -461,27 +469,27 @@ def test_vcpus_offline_keeps_the_parents_per_vcpu_constant() -> None:
         graphics=base.graphics,
         vcpus_online=online,
     )
-    document, report = run_fit(arrays)
-    entry = report.component("vcpus")
+    document, summary = run_fit(arrays)
+    entry = summary.component("vcpus")
     assert entry.status == "kept" and entry.reason == "vcpusOnline is false for 1 samples"
     assert entry.value == "8Mi" and entry.estimate is None
     specs = {c["name"]: c for c in document["models"][0]["components"]}
     assert specs["vcpus"]["quantity"] == "8Mi"
     # Kept at its parent value and subtracted, so the rest still comes out right.
-    assert within(report.component("qemu"), TRUTH["fixed"] - 8 * Mi)
-    assert within(report.component("pagetables"), TRUTH["gib"] / Gi)
+    assert within(summary.component("qemu"), TRUTH["fixed"] - 8 * Mi)
+    assert within(summary.component("pagetables"), TRUTH["gib"] / Gi)
 
 
 def test_constant_vcpus_keep_the_parents_constant() -> None:
-    _, report = run_fit(synthetic(1000, seed=35, vcpus=(2,)))
-    assert report.component("vcpus").status == "kept"
-    assert report.component("vcpus").value == "8Mi"
+    _, summary = run_fit(synthetic(1000, seed=35, vcpus=(2,)))
+    assert summary.component("vcpus").status == "kept"
+    assert summary.component("vcpus").value == "8Mi"
 
 
 def test_a_fixed_part_below_the_kept_constants_hits_zero_with_a_warning() -> None:
-    _, report = run_fit(synthetic(1000, seed=36, fixed=2 * Mi))  # less than the kept ioThread 8Mi
-    assert report.component("qemu").estimate == 0
-    assert any("fixed part 'qemu' hit zero" in w for w in report.warnings)
+    _, summary = run_fit(synthetic(1000, seed=36, fixed=2 * Mi))  # less than the kept ioThread 8Mi
+    assert summary.component("qemu").estimate == 0
+    assert any("fixed part 'qemu' hit zero" in w for w in summary.warnings)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -504,33 +512,35 @@ def test_pod_scope_fits_features_and_probes() -> None:
         vfio=vfio,
         exec_probes=probes,
     )
-    document, report = run_fit(arrays, scope="pod")
-    assert report.fixed_part == "qemu"
+    document, summary = run_fit(arrays, scope="pod")
+    assert summary.fixed_part == "qemu"
     kept_processes = (25 + 100 + 25 + 40 + 8) * Mi  # the per-process constants and ioThread
-    assert within(report.component("qemu"), 300 * Mi - kept_processes)
-    assert within(report.component("vfio"), 40 * Mi)
-    assert within(report.component("probes", "once"), 20 * Mi)
-    assert within(report.component("probes", "perProbe"), 3 * Mi)
+    assert within(summary.component("qemu"), 300 * Mi - kept_processes)
+    assert within(summary.component("vfio"), 40 * Mi)
+    assert within(summary.component("probes", "once"), 20 * Mi)
+    assert within(summary.component("probes", "perProbe"), 3 * Mi)
     specs = {c["name"]: c for c in document["models"][0]["components"]}
     assert specs["probes"]["term"] == "execProbes"
-    assert specs["probes"]["once"] == report.component("probes", "once").value
+    assert specs["probes"]["once"] == summary.component("probes", "once").value
     assert specs["vfio"]["when"] == {"feature": "vfio"}
-    result = fitting.evaluate(document, synthetic(2, seed=1), hypervisor="kvm", arch="amd64", scope="pod")
+    result = calibration.evaluate_table(
+        document, synthetic(2, seed=1), hypervisor="kvm", arch="amd64", scope="pod"
+    )
     assert result["n"] == 2
 
 
 def test_io_threads_fall_back_to_a_flat_constant_for_the_most_threads() -> None:
     arrays = synthetic(4000, seed=42, io_threads=(1, 2, 4, 8), per_io_thread=0.4 * Mi)
-    document, report = run_fit(arrays)
-    entry = report.component("ioThread")
+    document, summary = run_fit(arrays)
+    entry = summary.component("ioThread")
     assert entry.status == "fitted" and entry.unit == "bytes/IOThread"
     assert within(entry, 0.4 * Mi)
     assert entry.estimate is not None and entry.value == str(math.ceil(entry.estimate * 8))
     specs = {c["name"]: c for c in document["models"][0]["components"]}
     assert specs["ioThread"]["term"] == "fixed" and specs["ioThread"]["quantity"] == entry.value
-    assert any("no per-IOThread term" in w for w in report.warnings)
-    assert report.held_out["coverage"] >= 0.99
-    assert within(report.component("qemu"), TRUTH["fixed"])  # nothing kept from the parent now
+    assert any("no per-IOThread term" in w for w in summary.warnings)
+    assert summary.held_out["coverage"] >= 0.99
+    assert within(summary.component("qemu"), TRUTH["fixed"])  # nothing kept from the parent now
 
 
 def test_node_scope_fits_the_node_group() -> None:
@@ -542,11 +552,11 @@ def test_node_scope_fits_the_node_group() -> None:
         {"name": "pfnArray", "term": "perGuestByte", "coefficient": "0.001953125"},
     ]
     arrays = synthetic(2000, seed=43, fixed=Mi, per_vcpu=400 * 1024, per_gib=2.5 * Mi, graphics=0, sigma=1e4)
-    document, report = run_fit(arrays, parent=parent, hypervisor="mshv", scope="node")
-    assert report.fixed_part == "partition"
-    assert within(report.component("partition"), Mi)
-    assert within(report.component("vcpus"), 400 * 1024)
-    assert within(report.component("pfnArray"), 2.5 * Mi / Gi)
+    document, summary = run_fit(arrays, parent=parent, hypervisor="mshv", scope="node")
+    assert summary.fixed_part == "partition"
+    assert within(summary.component("partition"), Mi)
+    assert within(summary.component("vcpus"), 400 * 1024)
+    assert within(summary.component("pfnArray"), 2.5 * Mi / Gi)
     arches = [(m["hypervisor"], m["arch"], m["provisional"]) for m in document["models"]]
     # Still provisional: the pod group is the parent's unmeasured copy.
     assert arches == [("kvm", "*", False), ("mshv", "amd64", True), ("mshv", "*", True)]
@@ -556,9 +566,9 @@ def test_node_scope_fits_the_node_group() -> None:
     assert mshv["components"] == PARENT["models"][1]["components"]  # the pod group is untouched
     model = model_of(document, "mshv")
     sample = Sample("node", 0, vcpus=2, guest_memory_bytes=Gi)
-    coefficient = Fraction(str(report.component("pfnArray").value))
-    expected = int(str(report.component("partition").value)) + 2 * int(str(report.component("vcpus").value))
-    assert fitting.predict(model, sample, "amd64") == expected + math.ceil(coefficient * Gi)
+    coefficient = Fraction(str(summary.component("pfnArray").value))
+    expected = int(str(summary.component("partition").value)) + 2 * int(str(summary.component("vcpus").value))
+    assert calibration.predict(model, sample, "amd64") == expected + math.ceil(coefficient * Gi)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -589,9 +599,9 @@ def random_shapes(n: int, seed: int) -> SampleArrays:
 def test_vectorised_predictions_equal_the_engine(table_id: str, arch: str, scope: str) -> None:
     model = model_of(TableRegistry.builtin().get(table_id), arch=arch)
     arrays = random_shapes(300, seed=len(table_id) + len(arch) + len(scope))
-    fast = fitting._predict_arrays(model, scope, arrays, arch)
+    fast = calibration.predict_arrays(model, scope, arrays, arch)
     for i in range(len(arrays)):
-        assert fast[i] == fitting.predict(model, arrays.sample(i, scope), arch)
+        assert fast[i] == calibration.predict(model, arrays.sample(i, scope), arch)
 
 
 def test_pod_scope_prediction_is_the_services_answer_without_ratio_or_network() -> None:
@@ -600,9 +610,9 @@ def test_pod_scope_prediction_is_the_services_answer_without_ratio_or_network() 
     arrays = random_shapes(60, seed=9)
     for i in range(len(arrays)):
         sample = arrays.sample(i, "pod")
-        vmi = fitting.sample_vmi(sample, "arm64")
+        vmi = calibration.sample_vmi(sample, "arm64")
         answer = service.compute({"vmi": vmi, "cpuArch": "arm64", "hypervisor": "kvm"})
-        assert answer["overhead"]["bytes"] == fitting.predict(model, sample, "arm64")
+        assert answer["overhead"]["bytes"] == calibration.predict(model, sample, "arm64")
 
 
 def test_fractional_constants_take_the_exact_engine_path() -> None:
@@ -613,9 +623,9 @@ def test_fractional_constants_take_the_exact_engine_path() -> None:
             spec["quantity"] = "1000001500m"  # 1,000,001.5 bytes: two halves make a whole byte
     model = model_of(document, arch="amd64")
     arrays = random_shapes(40, seed=4)
-    predicted = fitting._predict_arrays(model, "qemu", arrays, "amd64")
+    predicted = calibration.predict_arrays(model, "qemu", arrays, "amd64")
     for i in range(len(arrays)):
-        assert predicted[i] == fitting.predict(model, arrays.sample(i, "qemu"), "amd64")
+        assert predicted[i] == calibration.predict(model, arrays.sample(i, "qemu"), "amd64")
 
 
 @pytest.mark.parametrize(
@@ -624,32 +634,32 @@ def test_fractional_constants_take_the_exact_engine_path() -> None:
 )
 def test_ceil_mul_is_exact(coefficient: str) -> None:
     rng = np.random.default_rng(8)
-    values = np.concatenate([rng.integers(1, fitting.MAX_BYTES, 2000), np.arange(1, 100) << 30])
+    values = np.concatenate([rng.integers(1, MAX_BYTES, 2000), np.arange(1, 100) << 30])
     value = Fraction(coefficient)
-    got = fitting._ceil_mul(value, values.astype(np.int64))
+    got = ceil_mul(value, values.astype(np.int64))
     assert got.tolist() == [math.ceil(value * int(v)) for v in values]
 
 
 def test_scope_components() -> None:
-    assert fitting.SCOPE_COMPONENTS["qemu"] == QEMU_SCOPE
+    assert calibration.SCOPE_COMPONENTS["qemu"] == QEMU_SCOPE
     model = model_of(PARENT, arch="arm64")
-    assert [c.name for c in fitting.scope_components(model, "qemu")] == list(QEMU_SCOPE)
-    assert fitting.scope_components(model, "pod") == model.components
-    assert fitting.scope_components(model, "node") == ()
+    assert [c.name for c in calibration.scope_components(model, "qemu")] == list(QEMU_SCOPE)
+    assert calibration.scope_components(model, "pod") == model.components
+    assert calibration.scope_components(model, "node") == ()
     with pytest.raises(InputError):
-        fitting.scope_components(model, "vm")
+        calibration.scope_components(model, "vm")
 
 
 def test_sample_vmi_reads_back_as_the_sample() -> None:
     from overhead_service.model.vmi import extract_features
 
     sample = Sample("pod", 0, 6, 3 * Gi, True, 4, True, True, True, True, True, 2)
-    f = extract_features(fitting.sample_vmi(sample, "s390x"))
+    f = extract_features(calibration.sample_vmi(sample, "s390x"))
     assert (f.vcpus, f.guest_memory.value(), f.memory_request.value()) == (6, 3 * Gi, 3 * Gi)
     assert (f.graphics, f.vfio, f.tpm, f.sev, f.dedicated_cpu) == (True,) * 5
     assert (f.downward_metrics_volume, f.exec_probes, f.guaranteed_qos) == (True, 2, False)
     assert f.architecture == "s390x"
-    plain = extract_features(fitting.sample_vmi(Sample("pod", 0, 1, Gi), "amd64"))
+    plain = extract_features(calibration.sample_vmi(Sample("pod", 0, 1, Gi), "amd64"))
     assert not any(plain.flags.values())
 
 
@@ -665,7 +675,7 @@ def test_evaluate_on_hand_made_samples() -> None:
     assert predicted == 50_331_648
     measured = [predicted - 10 * Mi, predicted, predicted + 1, predicted + 5 * Mi]
     samples = [Sample("qemu", m, 1, Gi) for m in measured]
-    result = fitting.evaluate(PARENT, samples, hypervisor="kvm", arch="amd64", scope="qemu")
+    result = calibration.evaluate_table(PARENT, samples, hypervisor="kvm", arch="amd64", scope="qemu")
     assert result["table"] == "kubevirt-v1.9.0" and result["n"] == 4
     assert result["coverage"] == 0.5
     under = result["underProvisioned"]
@@ -697,24 +707,28 @@ def test_evaluate_on_hand_made_samples() -> None:
 def test_evaluate_accepts_a_model_a_table_or_a_document() -> None:
     samples = [Sample("qemu", 60 * Mi, 2, 2 * Gi, graphics=True)]
     table = compile_table(PARENT)
-    by_document = fitting.evaluate(PARENT, samples, hypervisor="kvm", arch="amd64", scope="qemu")
-    by_table = fitting.evaluate(table, samples, hypervisor="kvm", arch="amd64", scope="qemu")
+    by_document = calibration.evaluate_table(PARENT, samples, hypervisor="kvm", arch="amd64", scope="qemu")
+    by_table = calibration.evaluate_table(table, samples, hypervisor="kvm", arch="amd64", scope="qemu")
     model = model_of(table)
-    by_model = fitting.evaluate(model, samples, hypervisor="kvm", arch="amd64", scope="qemu")
+    by_model = calibration.evaluate_table(model, samples, hypervisor="kvm", arch="amd64", scope="qemu")
     assert by_document == by_table == {**by_model, "table": "kubevirt-v1.9.0"}
     assert by_model["table"] is None
 
 
 def test_evaluate_errors() -> None:
     with pytest.raises(InputError) as err:
-        fitting.evaluate(PARENT, [], hypervisor="kvm", arch="amd64", scope="qemu")
+        calibration.evaluate_table(PARENT, [], hypervisor="kvm", arch="amd64", scope="qemu")
     assert err.value.path == "measurements"
     with pytest.raises(InputError) as err:
-        fitting.evaluate(PARENT, [Sample("pod", 1, 1, 1)], hypervisor="kvm", arch="amd64", scope="qemu")
+        calibration.evaluate_table(
+            PARENT, [Sample("pod", 1, 1, 1)], hypervisor="kvm", arch="amd64", scope="qemu"
+        )
     assert err.value.path == "measurements[0].scope"
     only_kvm = {**PARENT, "models": PARENT["models"][:1]}
     with pytest.raises(InputError) as err:
-        fitting.evaluate(only_kvm, [Sample("qemu", 1, 1, 1)], hypervisor="mshv", arch="amd64", scope="qemu")
+        calibration.evaluate_table(
+            only_kvm, [Sample("qemu", 1, 1, 1)], hypervisor="mshv", arch="amd64", scope="qemu"
+        )
     assert err.value.path == "table" and "no model for mshv" in err.value.detail
 
 
@@ -726,9 +740,9 @@ def test_evaluate_errors() -> None:
 def test_minimum_samples() -> None:
     # Each training split of m samples needs ceil((m+1)·0.995) <= m, i.e. m >= 199; with 5 folds
     # the smallest split is n − ceil(n/5): n = 249 gives 199, n = 248 gives 198.
-    assert fitting.minimum_samples(0.995, 5) == 249
-    assert fitting.minimum_samples(0.9, 5) == fitting.MIN_SAMPLES_FLOOR
-    assert fitting.minimum_samples(0.999, 10) == 1110
+    assert calibration.minimum_samples(0.995, 5) == 249
+    assert calibration.minimum_samples(0.9, 5) == MIN_SAMPLES_FLOOR
+    assert calibration.minimum_samples(0.999, 10) == 1110
     run_fit(synthetic(249, seed=50))  # exactly enough
     with pytest.raises(InputError) as err:
         run_fit(synthetic(248, seed=50))
@@ -777,7 +791,7 @@ def test_samples_of_another_scope_are_refused() -> None:
     samples = samples_of(synthetic(300, seed=54))
     samples[7] = Sample("pod", 1, 1, 1)
     with pytest.raises(InputError) as err:
-        fitting.fit(
+        calibration.fit(
             samples, PARENT, hypervisor="kvm", arch="amd64", scope="qemu", new_id="x", requested_by=None
         )
     assert err.value.path == "measurements[7].scope"
@@ -787,7 +801,7 @@ def test_out_of_range_samples_name_the_index() -> None:
     samples = samples_of(synthetic(300, seed=55))
     samples[42] = Sample("qemu", 1, 0, Gi)
     with pytest.raises(InputError) as err:
-        fitting.fit(
+        calibration.fit(
             samples, PARENT, hypervisor="kvm", arch="amd64", scope="qemu", new_id="x", requested_by=None
         )
     assert err.value.path == "measurements[42].vm.vcpus"
@@ -828,11 +842,11 @@ def test_sample_from_record() -> None:
             "vcpusOnline": False,
         },
     }
-    assert fitting.sample_from_record(record) == Sample(
+    assert calibration.sample_from_record(record) == Sample(
         "pod", 123, 4, Gi, True, 2, False, True, False, True, True, 1, False
     )
     minimal = {"scope": "qemu", "overheadBytes": 5, "vm": {"vcpus": 1, "guestMemoryBytes": 2}}
-    assert fitting.sample_from_record(minimal) == Sample("qemu", 5, 1, 2)
+    assert calibration.sample_from_record(minimal) == Sample("qemu", 5, 1, 2)
 
 
 @pytest.mark.parametrize(
@@ -852,7 +866,7 @@ def test_sample_from_record() -> None:
 def test_sample_from_record_errors(change: dict[str, Any], path: str) -> None:
     record = {"scope": "qemu", "overheadBytes": 5, "vm": {"vcpus": 1, "guestMemoryBytes": 2}, **change}
     with pytest.raises(InputError) as err:
-        fitting.sample_from_record(record, path="measurements[3]")
+        calibration.sample_from_record(record, path="measurements[3]")
     assert err.value.path == path
 
 

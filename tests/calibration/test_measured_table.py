@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from overhead_service.calibration import fitting
+from overhead_service import calibration
 from overhead_service.calibration.records import validate_batch
 from overhead_service.model.service import OverheadService
 from overhead_service.model.tables import TableRegistry
@@ -42,11 +42,11 @@ def test_provenance_says_where_it_comes_from(records: list[dict[str, object]]) -
 
 def test_it_covers_its_measurements_far_more_tightly_than_upstream(records: list[dict[str, object]]) -> None:
     registry = TableRegistry.builtin()
-    samples = [fitting.sample_from_record(r) for r in records]
-    measured = fitting.evaluate(
+    samples = [calibration.sample_from_record(r) for r in records]
+    measured = calibration.evaluate_table(
         registry.document(TABLE), samples, hypervisor="kvm", arch="amd64", scope="qemu"
     )
-    upstream = fitting.evaluate(
+    upstream = calibration.evaluate_table(
         registry.document("kubevirt-v1.9.0"), samples, hypervisor="kvm", arch="amd64", scope="qemu"
     )
     assert measured["coverage"] >= 0.99

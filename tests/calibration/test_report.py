@@ -16,8 +16,8 @@ from flask.testing import FlaskClient, FlaskCliRunner
 
 from benchmarks.harness.records import qemu_records as shared_qemu_records
 from benchmarks.harness.records import record
-from overhead_service import cli
-from overhead_service.calibration import fitting, report
+from overhead_service import calibration, cli
+from overhead_service.calibration import report
 from overhead_service.calibration.report import data as report_data
 from overhead_service.errors import InputError, NotInTable
 from overhead_service.model.tables import TableRegistry
@@ -63,8 +63,8 @@ class Rendered:
     def __init__(self) -> None:
         self.records = qemu_records(300)
         pod = [record(runId="other", sampleId=f"p-{i}", scope="pod") for i in range(7)]
-        self.samples = [fitting.sample_from_record(r) for r in self.records]
-        self.document, self.fit = fitting.fit(
+        self.samples = [calibration.sample_from_record(r) for r in self.records]
+        self.document, self.fit = calibration.fit(
             self.samples,
             UPSTREAM,
             hypervisor="kvm",
@@ -104,8 +104,12 @@ def test_the_page_has_every_section_and_plot(rendered: Rendered) -> None:
 
 
 def test_evaluation_numbers_are_evaluate_on_the_same_samples(rendered: Rendered) -> None:
-    ours = fitting.evaluate(rendered.document, rendered.samples, hypervisor="kvm", arch="amd64", scope="qemu")
-    theirs = fitting.evaluate(UPSTREAM, rendered.samples, hypervisor="kvm", arch="amd64", scope="qemu")
+    ours = calibration.evaluate_table(
+        rendered.document, rendered.samples, hypervisor="kvm", arch="amd64", scope="qemu"
+    )
+    theirs = calibration.evaluate_table(
+        UPSTREAM, rendered.samples, hypervisor="kvm", arch="amd64", scope="qemu"
+    )
     page, tid = rendered.page, rendered.table_id
     assert data_values(page, "n") == {tid: "300", "kubevirt-v1.9.0": "300"}
     coverage = data_values(page, "coverage")
@@ -170,7 +174,7 @@ def test_the_templates_escape_table_ids_and_provenance() -> None:
     document = copy.deepcopy(REGISTRY.document("kubevirt-main"))
     document |= {"id": hostile, "parent": f"<i>{hostile}", "description": f"<u>{hostile}"}
     document["provenance"] = {f"<k>{hostile}": f"<v>{hostile}", "nested": {"<n>": hostile}}
-    samples = [fitting.sample_from_record(r) for r in qemu_records(12)]
+    samples = [calibration.sample_from_record(r) for r in qemu_records(12)]
     page = report.render_report(
         document, samples, hypervisor="kvm", arch="amd64", scope="qemu", upstream_document=UPSTREAM
     )
@@ -205,8 +209,8 @@ def test_no_samples_says_so_and_shows_the_table() -> None:
 
 
 def test_a_builtin_table_against_itself_and_samples_of_another_scope() -> None:
-    samples = [fitting.sample_from_record(r) for r in qemu_records(12)]
-    samples.append(fitting.Sample("pod", 300 * MIB, 2, GIB))
+    samples = [calibration.sample_from_record(r) for r in qemu_records(12)]
+    samples.append(calibration.Sample("pod", 300 * MIB, 2, GIB))
     page = report.render_report(
         UPSTREAM, samples, hypervisor="kvm", arch="amd64", scope="qemu", upstream_document=UPSTREAM
     )
@@ -384,8 +388,8 @@ def test_cli_reads_a_records_file(runner: FlaskCliRunner, tmp_path: Path) -> Non
     page = out.read_text(encoding="utf-8")
     assert data_values(page, "n") == {"kubevirt-main": "19", "kubevirt-v1.9.0": "19"}
     assert "records from records.jsonl" in page and "1 of the 20 given" in page
-    samples = [fitting.sample_from_record(r) for r in records if r["scope"] == "qemu"]
-    expected = fitting.evaluate(
+    samples = [calibration.sample_from_record(r) for r in records if r["scope"] == "qemu"]
+    expected = calibration.evaluate_table(
         REGISTRY.document("kubevirt-main"), samples, hypervisor="kvm", arch="amd64", scope="qemu"
     )
     assert float(data_values(page, "coverage")["kubevirt-main"]) == expected["coverage"]

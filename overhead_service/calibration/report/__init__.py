@@ -8,13 +8,14 @@ for the same inputs (nothing in the page depends on the clock).
 The page holds, in order:
 
 - the table: id, title, kind, parent, and its provenance as recorded;
-- its fit report when it has one (fitted tables): coefficients with standard errors, sample
+- its fit summary when it has one (fitted tables): coefficients with standard errors, sample
   count, held-out coverage against the target (per fold too), the margin, residual quantiles,
   over-provisioning, warnings and the host facts of the measurements it was fitted on; a built-in
   table without a fit section says so;
 - the measurements it is judged on here: how many, which ones, their host facts;
-- :func:`overhead_service.calibration.fitting.evaluate` of the table and of the upstream table on *all* those
-  samples, side by side (coverage, under-provisioned samples, over-provisioning quantiles);
+- :func:`overhead_service.calibration.evaluation.evaluate_table` of the table and of the upstream
+  table on *all* those samples, side by side (coverage, under-provisioned samples,
+  over-provisioning quantiles);
 - four plots, PNG embedded as ``data:`` URIs: measured vs predicted (with y = x), residuals
   (predicted − measured) by vCPUs and by guest RAM, and the distribution of over-provisioning, each
   for the table and the upstream table.  Above :data:`MAX_PLOT_SAMPLES` samples the plots show a
@@ -83,11 +84,12 @@ def render_report(
 ) -> str:
     """The HTML report of ``table_document`` judged on ``samples`` of (hypervisor, arch, scope).
 
-    ``samples``: :class:`fitting.Sample` objects (those of another scope are left out),
-    :class:`fitting.SampleArrays` (all of ``scope``), or ingestion records (those of another
-    hypervisor, arch or scope are left out; each kept one is read by
-    :func:`fitting.sample_from_record`).  ``upstream_document``: the table to compare with (the
-    caller's choice, usually :data:`UPSTREAM_TABLE`), or None for no comparison.  ``source``
+    ``samples``: :class:`~overhead_service.calibration.samples.Sample` objects (those of another
+    scope are left out), :class:`~overhead_service.calibration.samples.SampleArrays` (all of
+    ``scope``), or ingestion records (those of another hypervisor, arch or scope are left out;
+    each kept one is read by :func:`~overhead_service.calibration.samples.sample_from_record`).
+    ``upstream_document``: the table to compare with (the caller's choice, usually
+    :data:`UPSTREAM_TABLE`), or None for no comparison.  ``source``
     says in words where the measurements came from; ``measurement_facts`` are their host facts
     (taken from the records when records are given).
 

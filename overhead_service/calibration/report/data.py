@@ -1,8 +1,8 @@
 """What a report shows, before any markup: the samples it judges on, the tables' predictions and
-:func:`~overhead_service.calibration.fitting.evaluate` of each, and the samples its plots show.
+:func:`~overhead_service.calibration.evaluation.evaluate_table` of each, and the samples its plots show.
 
-Everything the report needs from :mod:`overhead_service.calibration.fitting` is imported here and
-nowhere else in the package.
+Everything the report needs from the rest of :mod:`overhead_service.calibration` is imported here
+and nowhere else in the package.
 """
 
 from __future__ import annotations
@@ -15,14 +15,9 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from overhead_service.calibration.fitting import (
-    SCOPES,
-    Sample,
-    SampleArrays,
-    evaluate,
-    predict,
-    sample_from_record,
-)
+from overhead_service.calibration.evaluation import evaluate_table
+from overhead_service.calibration.prediction import predict
+from overhead_service.calibration.samples import SCOPES, Sample, SampleArrays, sample_from_record
 from overhead_service.errors import InputError, NotInTable, TableFormatError
 from overhead_service.model import tables
 
@@ -161,7 +156,7 @@ def _host_facts(records: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
 
 
 def predictions(model: tables.Model, samples: SampleArrays, scope: str, arch: str) -> NDArray[np.int64]:
-    """:func:`fitting.predict` (the engine's own code) for every sample, once per distinct shape."""
+    """:func:`prediction.predict` (the engine's own code) for every sample, once per distinct shape."""
     if len(samples) == 0:
         return np.zeros(0, np.int64)
     shapes = np.column_stack([getattr(samples, name).astype(np.int64) for name in _SHAPE_FIELDS])
@@ -186,7 +181,7 @@ def plot_subset(count: int, cap: int) -> NDArray[np.intp] | None:
 
 @dataclass(frozen=True, slots=True)
 class Comparison:
-    """:func:`evaluate` of the table (first) and of the upstream table (second, if any) on the same
+    """:func:`evaluate_table` of the table (first) and of the upstream table (second, if any) on the same
     samples, keyed by table id in order."""
 
     evaluations: dict[str, dict[str, Any]]
@@ -213,10 +208,10 @@ class Comparison:
 def compare(
     table: tables.Table, compared: Upstream, samples: SampleArrays, *, hypervisor: str, arch: str, scope: str
 ) -> Comparison:
-    """Each table's :func:`evaluate` on ``samples``."""
-    evaluations = {table.id: evaluate(table, samples, hypervisor=hypervisor, arch=arch, scope=scope)}
+    """Each table's :func:`evaluate_table` on ``samples``."""
+    evaluations = {table.id: evaluate_table(table, samples, hypervisor=hypervisor, arch=arch, scope=scope)}
     if compared.table is not None:
-        evaluations[compared.table.id] = evaluate(
+        evaluations[compared.table.id] = evaluate_table(
             compared.table, samples, hypervisor=hypervisor, arch=arch, scope=scope
         )
     return Comparison(evaluations)
@@ -228,7 +223,7 @@ class Series:
 
     label: str
     predicted_bytes: NDArray[np.int64]
-    coverage: float  # evaluate()'s, on all samples
+    coverage: float  # evaluate_table()'s, on all samples
 
 
 @dataclass(frozen=True, slots=True)

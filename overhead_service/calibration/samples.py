@@ -1,0 +1,314 @@
+"""Samples: one measurement reduced to what a fit reads, alone (:class:`Sample`) or as columns.
+
+:class:`SampleArrays` holds the samples of one scope as numpy columns, the fast way in for large
+sets; :func:`sample_from_record` reads an ingestion record, :func:`sample_vmi` spells a sample's
+shape as the VirtualMachineInstance the engine reads.  Pure domain code (numpy only).
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from overhead_service.calibration.records import SCOPES
+from overhead_service.errors import InputError
+
+__all__ = [
+    "COLUMNS",
+    "MAX_BYTES",
+    "SCOPES",
+    "BoolArray",
+    "Column",
+    "FloatArray",
+    "IntArray",
+    "Sample",
+    "SampleArrays",
+    "check_scope",
+    "sample_from_record",
+    "sample_vmi",
+]
+
+IntArray = NDArray[np.int64]
+FloatArray = NDArray[np.float64]
+BoolArray = NDArray[np.bool_]
+
+MAX_BYTES: Final = 1 << 50  # 1 PiB: keeps every vectorised product inside int64
+MAX_VCPUS: Final = 1 << 16
+MAX_IO_THREADS: Final = 1 << 16
+MAX_EXEC_PROBES: Final = 2  # liveness and readiness
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One measurement, reduced to what the fit needs."""
+
+    scope: str  # "qemu" | "pod" | "node"
+    overhead_bytes: int
+    vcpus: int
+    guest_memory_bytes: int
+    graphics: bool = False
+    io_threads: int = 0
+    vfio: bool = False
+    tpm: bool = False
+    sev: bool = False
+    dedicated_cpu: bool = False
+    downward_metrics: bool = False
+    exec_probes: int = 0
+    vcpus_online: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One field of :class:`Sample` (``scope`` excepted) as a column of :class:`SampleArrays`."""
+
+    name: str  # the attribute
+    path: str  # where the ingestion record has it
+    low: int
+    high: int  # booleans: (0, 1), and the record's value must be a JSON boolean
+    boolean: bool
+    default: int | None  # what an absent field means; None: required
+
+    @property
+    def key(self) -> str:
+        """The field's name in its object of the record (``vcpus`` for ``vm.vcpus``)."""
+        return self.path.removeprefix("vm.")
+
+    @property
+    def in_vm(self) -> bool:
+        return self.path.startswith("vm.")
+
+
+def _column(name: str, path: str, low: int, high: int, default: int | None = 0) -> Column:
+    return Column(name, path, low, high, (low, high) == (0, 1), default)
+
+
+def _flag(name: str, path: str, default: int = 0) -> Column:
+    return Column(name, path, 0, 1, True, default)
+
+
+# The columns in :class:`Sample`'s order.
+COLUMNS: Final[tuple[Column, ...]] = (
+    _column("overhead_bytes", "overheadBytes", 0, MAX_BYTES, None),
+    _column("vcpus", "vm.vcpus", 1, MAX_VCPUS, None),
+    _column("guest_memory_bytes", "vm.guestMemoryBytes", 1, MAX_BYTES, None),
+    _flag("graphics", "vm.graphics"),
+    _column("io_threads", "vm.ioThreads", 0, MAX_IO_THREADS),
+    _flag("vfio", "vm.vfio"),
+    _flag("tpm", "vm.tpm"),
+    _flag("sev", "vm.sev"),
+    _flag("dedicated_cpu", "vm.dedicatedCpu"),
+    _flag("downward_metrics", "vm.downwardMetrics"),
+    _column("exec_probes", "vm.execProbes", 0, MAX_EXEC_PROBES),
+    _flag("vcpus_online", "vm.vcpusOnline", 1),
+)
+SHAPE: Final = COLUMNS[1:]  # what decides a prediction: everything but the measured overhead
+
+
+def check_scope(scope: Any, path: str = "scope") -> str:
+    """``scope`` if it is one of :data:`SCOPES`; else an :class:`InputError` at ``path``."""
+    if scope not in SCOPES:
+        raise InputError(path, f"must be one of {', '.join(SCOPES)}, not {scope!r}")
+    return str(scope)
+
+
+def sample_from_record(record: Mapping[str, Any], *, path: str = "") -> Sample:
+    """The :class:`Sample` of one ingestion record (``{"scope", "overheadBytes", "vm": {...}}``).
+
+    Validates exactly what the fit reads; errors name the JSON path below ``path`` (for instance
+    ``measurements[3]``).  Absent optional fields take :class:`Sample`'s defaults.
+    """
+    prefix = f"{path}." if path else ""
+    if not isinstance(record, Mapping):
+        raise InputError(path, "must be an object")
+    vm = record.get("vm")
+    if not isinstance(vm, Mapping):
+        raise InputError(f"{prefix}vm", "must be an object")
+    values: dict[str, Any] = {"scope": check_scope(record.get("scope"), f"{prefix}scope")}
+    for column in COLUMNS:
+        value = (vm if column.in_vm else record).get(column.key)
+        if value is None:
+            if column.default is None:
+                raise InputError(f"{prefix}{column.path}", "is required")
+            continue
+        if column.boolean:
+            if type(value) is not bool:
+                raise InputError(f"{prefix}{column.path}", "must be a boolean")
+        elif type(value) is not int or not column.low <= value <= column.high:
+            raise InputError(
+                f"{prefix}{column.path}", f"must be an integer between {column.low} and {column.high}"
+            )
+        values[column.name] = value
+    return Sample(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class SampleArrays:
+    """Samples of one scope as columns: the fast way in for large sets (see :func:`fit_arrays`)."""
+
+    overhead_bytes: IntArray
+    vcpus: IntArray
+    guest_memory_bytes: IntArray
+    graphics: BoolArray
+    io_threads: IntArray
+    vfio: BoolArray
+    tpm: BoolArray
+    sev: BoolArray
+    dedicated_cpu: BoolArray
+    downward_metrics: BoolArray
+    exec_probes: IntArray
+    vcpus_online: BoolArray
+
+    @classmethod
+    def of(cls, **columns: Any) -> SampleArrays:
+        """Columns by :class:`Sample` field name (``scope`` excepted), validated.
+
+        ``overhead_bytes``, ``vcpus`` and ``guest_memory_bytes`` are required; the others default
+        like :class:`Sample`'s.  Integer columns must have an integer dtype, boolean ones ``bool``.
+        """
+        unknown = set(columns) - {column.name for column in COLUMNS}
+        if unknown:
+            raise TypeError(f"unknown columns: {', '.join(sorted(unknown))}")
+        size: int | None = None
+        converted: dict[str, Any] = {}
+        for column in COLUMNS:
+            if column.name not in columns:
+                if column.default is None:
+                    raise InputError("measurements", f"column {column.path} is required")
+                continue
+            array = _checked_column(column, columns[column.name], size)
+            size = len(array)
+            converted[column.name] = array
+        for column in COLUMNS:
+            if column.name not in converted:
+                converted[column.name] = _constant_column(column, size or 0)
+        return cls(**converted)
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[Sample], scope: str | None = None) -> SampleArrays:
+        """Columns of ``samples``, each checked to be of ``scope`` when given.
+
+        Values are taken as the dataclass holds them (build samples from untrusted JSON with
+        :func:`sample_from_record`); ranges are checked here, with the offending index.
+        """
+        if scope is not None:
+            for index, sample in enumerate(samples):
+                if sample.scope != scope:
+                    raise InputError(
+                        f"measurements[{index}].scope", f"is {sample.scope!r}; this fit is for {scope!r}"
+                    )
+        count = len(samples)
+        columns: dict[str, Any] = {}
+        for column in COLUMNS:
+            values = np.fromiter(map(operator.attrgetter(column.name), samples), dtype=np.int64, count=count)
+            values = _in_range(values, column)
+            columns[column.name] = values.astype(np.bool_) if column.boolean else values
+        return cls(**columns)
+
+    def __len__(self) -> int:
+        return len(self.overhead_bytes)
+
+    def take(self, index: NDArray[np.intp] | slice) -> SampleArrays:
+        """The samples at ``index`` (an index array or a slice)."""
+        return SampleArrays(**{column.name: getattr(self, column.name)[index] for column in COLUMNS})
+
+    def sample(self, index: int, scope: str) -> Sample:
+        """Sample ``index`` as a :class:`Sample` of ``scope``."""
+        values: dict[str, Any] = {}
+        for column in COLUMNS:
+            value = getattr(self, column.name)[index]
+            values[column.name] = bool(value) if column.boolean else int(value)
+        return Sample(scope, **values)
+
+    def shape_json(self, index: int) -> dict[str, Any]:
+        """The VM shape of sample ``index`` as the ingestion record's ``vm`` object."""
+        shape: dict[str, Any] = {}
+        for column in SHAPE:
+            value = getattr(self, column.name)[index]
+            shape[column.key] = bool(value) if column.boolean else int(value)
+        return shape
+
+    def shapes(self) -> IntArray:
+        """One row per sample: its :data:`SHAPE` columns as integers."""
+        return np.column_stack([getattr(self, column.name).astype(np.int64) for column in SHAPE])
+
+
+def _checked_column(column: Column, values: Any, size: int | None) -> NDArray[Any]:
+    """``values`` as ``column``'s array: one-dimensional, ``size`` long (if known), of its type and range."""
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise InputError("measurements", f"column {column.path} must be one-dimensional")
+    if size is not None and len(array) != size:
+        raise InputError("measurements", f"column {column.path} has {len(array)} values, not {size}")
+    if column.boolean:
+        if array.dtype != np.bool_:
+            raise InputError("measurements", f"column {column.path} must be boolean")
+        return array
+    if not np.issubdtype(array.dtype, np.integer):
+        raise InputError("measurements", f"column {column.path} must hold integers")
+    return _in_range(array.astype(np.int64, copy=False), column)
+
+
+def _constant_column(column: Column, size: int) -> NDArray[Any]:
+    """An absent optional column: its default for every sample."""
+    default = column.default or 0
+    return np.full(size, bool(default)) if column.boolean else np.full(size, default, np.int64)
+
+
+def _in_range(values: IntArray, column: Column) -> IntArray:
+    bad = (values < column.low) | (values > column.high)
+    if bad.any():
+        index = int(np.argmax(bad))
+        raise InputError(
+            f"measurements[{index}].{column.path}", f"must be between {column.low} and {column.high}"
+        )
+    return values
+
+
+def sample_vmi(sample: Sample, arch: str) -> dict[str, Any]:
+    """A VirtualMachineInstance with the sample's shape, for the engine to read.
+
+    ``requests.memory`` is the guest memory (so ``requestPageTables`` and ``perGuestByte`` read
+    the same bytes), ``cpu.cores`` the vCPUs; the features are the fields upstream tests.  Nothing
+    makes QoS guaranteed (no limits).  IOThreads are spelled as the policy that gives that many
+    (the engine ignores them today).
+    """
+    cpu: dict[str, Any] = {"cores": sample.vcpus}
+    if sample.dedicated_cpu:
+        cpu["dedicatedCpuPlacement"] = True
+    devices: dict[str, Any] = {"autoattachGraphicsDevice": sample.graphics}
+    if sample.vfio:
+        devices["hostDevices"] = [{"name": "hostdev0", "deviceName": "example.com/device"}]
+    if sample.tpm:
+        devices["tpm"] = {}
+    domain: dict[str, Any] = {
+        "cpu": cpu,
+        "resources": {"requests": {"memory": str(sample.guest_memory_bytes)}},
+        "devices": devices,
+    }
+    if sample.sev:
+        domain["launchSecurity"] = {"sev": {}}
+    if sample.io_threads == 1:
+        domain["ioThreadsPolicy"] = "shared"
+    elif sample.io_threads > 1:
+        domain["ioThreadsPolicy"] = "supplementalPool"
+        domain["ioThreads"] = {"supplementalPoolThreadCount": sample.io_threads}
+    spec: dict[str, Any] = {"architecture": arch, "domain": domain}
+    if sample.downward_metrics:
+        spec["volumes"] = [{"name": "metrics", "downwardMetrics": {}}]
+    probe = {"exec": {"command": ["true"]}}
+    if sample.exec_probes >= 1:
+        spec["livenessProbe"] = probe
+    if sample.exec_probes >= 2:
+        spec["readinessProbe"] = copy.deepcopy(probe)
+    return {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstance",
+        "metadata": {"name": "sample"},
+        "spec": spec,
+    }
