@@ -13,9 +13,9 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from benchmarks.harness.records import record, sample
-from overhead_service import store as store_module
 from overhead_service.errors import InputError, NothingToRollBack, TableExists
 from overhead_service.store import FIT_COLUMNS, SCHEMA_VERSION, Store, content_sha256
+from overhead_service.store import schema as schema_module
 
 TABLES = {"schema_version", "state", "measurements", "calibration_tables", "activations"}
 
@@ -106,8 +106,8 @@ def test_upgrade_hook_runs_later_versions_in_order(store: Store, monkeypatch: py
         conn.execute(text("UPDATE measurements SET notes = 'migrated'"))
 
     store.add_measurements([record()])
-    monkeypatch.setattr(store_module, "_MIGRATIONS", {3: to_3, 2: to_2})
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(schema_module, "MIGRATIONS", {3: to_3, 2: to_2})
+    monkeypatch.setattr(schema_module, "SCHEMA_VERSION", 3)
     assert not store.schema_ready()  # the code expects version 3 now
     store.create_schema()
     assert ran == [2, 3]
@@ -123,8 +123,8 @@ def test_a_failed_upgrade_changes_nothing(store: Store, monkeypatch: pytest.Monk
         conn.execute(text("ALTER TABLE measurements ADD COLUMN notes TEXT"))
         raise RuntimeError("step 2 failed")
 
-    monkeypatch.setattr(store_module, "_MIGRATIONS", {2: to_2})
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(schema_module, "MIGRATIONS", {2: to_2})
+    monkeypatch.setattr(schema_module, "SCHEMA_VERSION", 2)
     with pytest.raises(RuntimeError, match="step 2 failed"):
         store.create_schema()
     assert store.schema_version() == 1

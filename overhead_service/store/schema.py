@@ -1,0 +1,232 @@
+"""The database schema: its tables, its version, and the steps that upgrade an older database.
+
+The schema is created by :meth:`~overhead_service.store.Store.create_schema` (``overhead-service
+init-db``, gunicorn's ``on_starting`` hook in the master, or a test fixture) — never by each worker
+at import.  A new database gets the latest schema from :data:`metadata` at once; an older one runs
+each step of :data:`MIGRATIONS` above its version, in order, in one transaction.
+
+Timestamps are stored in UTC and returned as RFC 3339 strings ending in ``Z`` (:func:`iso`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Final
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Connection,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    func,
+    inspect,
+    select,
+)
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "TABLE_KINDS",
+    "UTCDateTime",
+    "activations",
+    "calibration_tables",
+    "create_or_upgrade",
+    "iso",
+    "measurements",
+    "metadata",
+    "schema_version",
+    "state",
+]
+
+log = logging.getLogger("overhead_service.store")
+
+# Any constant: the PostgreSQL advisory lock that serialises concurrent create_or_upgrade() calls.
+_SCHEMA_LOCK_KEY: Final = 0x6F766864
+
+TABLE_KINDS: Final = ("builtin", "draft", "fitted")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware datetime, stored in UTC (``timestamptz`` on PostgreSQL, naive UTC text on SQLite)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: the store only takes aware datetimes")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid), which is 64-bit anyway.
+_Id = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    CheckConstraint("id = 1", name="one_row"),
+)
+
+state = Table(
+    "state",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", BigInteger, nullable=False),
+    CheckConstraint("id = 1", name="one_row"),
+)
+
+measurements = Table(
+    "measurements",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("run_id", String(200), nullable=False),
+    Column("sample_id", String(200), nullable=False),
+    Column("hypervisor", String(16), nullable=False),
+    Column("arch", String(64), nullable=False),
+    Column("scope", String(8), nullable=False),
+    Column("overhead_bytes", BigInteger, nullable=False),
+    Column("raw_bytes", BigInteger, nullable=False),
+    Column("guest_touched_bytes", BigInteger, nullable=False),
+    # The VM's shape: what a fit regresses on (absent optional fields are NULL).
+    Column("vcpus", Integer, nullable=False),
+    Column("guest_memory_bytes", BigInteger, nullable=False),
+    Column("graphics", Boolean, nullable=False),
+    Column("vfio", Boolean, nullable=False),
+    Column("io_threads", Integer, nullable=False),
+    Column("tpm", Boolean),
+    Column("sev", Boolean),
+    Column("dedicated_cpu", Boolean),
+    Column("downward_metrics", Boolean),
+    Column("exec_probes", Integer),
+    Column("device_set", String(16)),
+    Column("touched_share", Float),
+    Column("vcpus_online", Boolean),
+    # The host: what a table's fit stands on, and what drift is looked for across (QEMU upgrades).
+    Column("accelerator", String(8), nullable=False),
+    Column("host_kernel", String(200), nullable=False),
+    Column("host_qemu", String(200), nullable=False),
+    Column("host_libvirt", String(200)),
+    Column("host_kubevirt", String(200)),
+    Column("host_node", String(200), nullable=False),
+    Column("host_cpu_model", String(200), nullable=False),
+    Column("record", JSON, nullable=False),  # the whole validated record, as uploaded
+    Column("measured_at", UTCDateTime, nullable=False),
+    Column("ingested_at", UTCDateTime, nullable=False),
+    Column("ingested_by", String(200)),
+    UniqueConstraint("run_id", "sample_id"),
+    CheckConstraint("hypervisor IN ('kvm', 'mshv')", name="hypervisor"),
+    CheckConstraint("scope IN ('qemu', 'pod', 'node')", name="scope"),
+    CheckConstraint("accelerator IN ('kvm', 'tcg', 'mshv')", name="accelerator"),
+    CheckConstraint("raw_bytes >= 0 AND guest_touched_bytes >= 0", name="raw_not_negative"),
+    CheckConstraint("raw_bytes - guest_touched_bytes = overhead_bytes", name="overhead_consistent"),
+    CheckConstraint("vcpus BETWEEN 1 AND 1024", name="vcpus"),
+    CheckConstraint("io_threads BETWEEN 0 AND 256", name="io_threads"),
+    Index(None, "hypervisor", "arch", "scope", "measured_at"),
+)
+
+calibration_tables = Table(
+    "calibration_tables",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("document", JSON, nullable=False),
+    Column("content_sha256", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", String(200)),
+    Column("parent_id", String(200)),
+    Column("kind", String(16), nullable=False),
+    CheckConstraint("kind IN ('builtin', 'draft', 'fitted')", name="kind"),
+)
+
+activations = Table(
+    "activations",
+    metadata,
+    Column("seq", _Id, primary_key=True, autoincrement=True),
+    Column("hypervisor", String(16), nullable=False),
+    Column("arch", String(64), nullable=False),
+    # NULL only for a rollback past the first activation: back to the service's default table.
+    Column("table_id", String(200)),
+    Column("previous_table_id", String(200)),
+    Column("actor", String(200), nullable=False),
+    Column("reason", Text),
+    Column("forced", Boolean, nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    CheckConstraint("action IN ('activate', 'rollback')", name="action"),
+    CheckConstraint("action = 'rollback' OR table_id IS NOT NULL", name="activate_names_table"),
+    Index(None, "hypervisor", "arch", "seq"),
+    sqlite_autoincrement=True,  # seq never reused
+)
+
+
+# Upgrade steps: version N -> the function that brings a version N-1 database to N, run in order
+# inside create_or_upgrade()'s transaction. A new database gets the latest schema from ``metadata`` at
+# once. Example for a version 2: ``MIGRATIONS = {2: _add_measurements_notes}`` with a function
+# running ``conn.execute(text("ALTER TABLE measurements ADD COLUMN notes TEXT"))``.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+SCHEMA_VERSION: Final = max([1, *MIGRATIONS])
+
+
+def iso(moment: datetime) -> str:
+    """A stored moment as RFC 3339 in UTC, ending in ``Z``."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def create_or_upgrade(conn: Connection, *, postgresql: bool) -> None:
+    """Create the tables, or upgrade them to :data:`SCHEMA_VERSION`, in ``conn``'s write transaction.
+
+    A database newer than this code raises :class:`RuntimeError` rather than being touched.
+    """
+    if postgresql:  # DDL is transactional there too; one creator at a time
+        conn.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
+    now = datetime.now(UTC)
+    if not inspect(conn).has_table(schema_version.name):
+        metadata.create_all(conn)
+        conn.execute(schema_version.insert().values(id=1, version=SCHEMA_VERSION, updated_at=now))
+        conn.execute(state.insert().values(id=1, version=0))
+        log.info("database schema created at version %d", SCHEMA_VERSION)
+        return
+    current = conn.execute(select(schema_version.c.version)).scalar_one()
+    if current > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"the database schema is version {current}, newer than this code's {SCHEMA_VERSION}"
+        )
+    for version in sorted(v for v in MIGRATIONS if v > current):
+        MIGRATIONS[version](conn)
+        conn.execute(schema_version.update().values(version=version, updated_at=now))
+        log.info("database schema upgraded to version %d", version)
