@@ -5,7 +5,9 @@ layer and CLI call it.  Nothing here imports Flask, SQL or HTTP libraries.
 
 The rooms:
 
-- :mod:`.records` — the measurement record, defined once (validation at ingestion);
+- :mod:`.records` — the measurement record, defined once as marshmallow schemas of the strict field
+  kinds in :mod:`.record_fields` (validation at ingestion; the store's columns and a fit's inputs
+  derive from it); :mod:`.values` reads timestamps and storable text for every request;
 - :mod:`.samples` — a record reduced to what a fit reads, alone or as numpy columns;
 - :mod:`.prediction` — what a model predicts for samples, by the engine's code and vectorised;
 - :mod:`.fitting` — :func:`fit` / :func:`fit_arrays`, in steps: :mod:`.design` (which parameters the

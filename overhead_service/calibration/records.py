@@ -1,4 +1,4 @@
-"""Measurement records uploaded by benchmark jobs: what one is, and checking a batch of them.
+"""Measurement records uploaded by benchmark jobs: the one definition of what a record is.
 
 A record says how much memory one VM used on top of its guest RAM in one *scope* (``qemu``: the
 QEMU process and its kernel page tables; ``pod``: the whole virt-launcher pod; ``node``: memory
@@ -13,27 +13,79 @@ the host it ran on. Example (JSON, camelCase)::
               "node": "worker-3", "cpuModel": "Intel Xeon Gold 6338"},
      "measuredAt": "2026-11-20T10:31:00Z"}
 
-:func:`validate_batch` checks a whole batch and reports *every* bad record, each with its first
-problem at a path such as ``records[3].vm.vcpus``. Types are strict (``true`` is not an integer,
-``1.0`` is not an integer), unknown fields are refused at every level, and a few consistency rules
-hold (``rawBytes - guestTouchedBytes == overheadBytes``; the guest cannot have touched more than
-its RAM plus 64 MiB; an accelerator belongs to its hypervisor). Pure domain code: no Flask, no SQL.
+The record is defined once, here, as the marshmallow schemas :class:`RecordSchema`,
+:class:`VmSchema` and :class:`HostSchema`, whose fields are the strict kinds of
+:mod:`~overhead_service.calibration.record_fields`.  Everything else is derived from them:
+
+- validation: :func:`validate_record` is marshmallow's own ``load``; :func:`validate_batch`, on the
+  ingestion path, walks the same fields and runs the same checks without marshmallow's machinery
+  (ten times faster; a test keeps the two in agreement).  Either reports a record's *first*
+  problem, in the order fields are declared, at a path such as ``records[3].vm.vcpus``; unknown
+  fields are refused at every level, and a few consistency rules hold (``rawBytes -
+  guestTouchedBytes == overheadBytes``; the guest cannot have touched more than its RAM plus 64 MiB;
+  an accelerator belongs to its hypervisor);
+- the store's ``measurements`` columns and CHECK constraints (:data:`LEAVES`, read by
+  :mod:`overhead_service.store.schema`), and the host facts it reports;
+- the fit's columns (:mod:`overhead_service.calibration.samples`): the fields with a
+  ``fit_default``, and what an absent one means;
+- ``openapi.yaml``'s ``MeasurementRecord`` must say the same (``tests/calibration/test_records.py``).
+
+Every check a fit or a report makes of a column is made here first: an ingested record never makes
+a later fit fail.  (So ``overheadBytes`` is not negative: a fit needs the scope's memory.)
+
+Adding a field: declare it in its schema with its kind and range, where it should be checked (the
+declaration order is the order problems are looked for), and
+
+- ``column=False`` if it needs no column of its own (it is kept in the stored record either way);
+  otherwise existing databases need an upgrade step adding the column
+  (``MIGRATIONS`` in :mod:`overhead_service.store.schema`);
+- ``fit_default=`` if a fit reads it, and the attribute on ``Sample`` and ``SampleArrays``
+  (:mod:`~overhead_service.calibration.samples` refuses to import without it);
+- the same property in ``openapi.yaml`` (the test says what differs).
+
+A new choice (a scope, a hypervisor) is one more string in its tuple here; a field with
+``store_check`` then also needs an upgrade step replacing its CHECK constraint in existing
+databases, and a new scope its components in
+:data:`~overhead_service.calibration.prediction.SCOPE_COMPONENTS`.  Pure domain code: no Flask, no SQL.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from marshmallow import RAISE, Schema, ValidationError, fields, validates_schema
+
+from overhead_service.calibration.record_fields import (
+    FIT_REQUIRED,
+    INT64_MAX,
+    Choice,
+    Figures,
+    Flag,
+    Integer,
+    Problem,
+    RecordField,
+    Share,
+    Text,
+    Timestamp,
+    measured_window,
+)
+from overhead_service.calibration.values import parse_timestamp, storable_text
 from overhead_service.errors import InputError, InvalidRecords
 
 __all__ = [
     "ACCELERATORS",
     "HYPERVISORS",
+    "LEAVES",
     "MAX_BATCH",
     "SCOPES",
+    "HostSchema",
+    "Leaf",
+    "RecordSchema",
+    "VmSchema",
     "parse_timestamp",
     "storable_text",
     "validate_batch",
@@ -47,10 +99,8 @@ SCOPES: Final = ("qemu", "pod", "node")
 ACCELERATORS: Final = ("kvm", "tcg", "mshv")
 DEVICE_SETS: Final = ("minimal", "kubevirt")
 
-KIB: Final = 1024
-MIB: Final = 1024 * KIB
+MIB: Final = 1024 * 1024
 TIB: Final = 1024**4
-INT64_MAX: Final = 2**63 - 1
 
 MAX_ID_LENGTH: Final = 200
 MAX_ARCH_LENGTH: Final = 64
@@ -64,49 +114,145 @@ TOUCHED_SLACK: Final = 64 * MIB
 MAX_CLOCK_SKEW: Final = timedelta(minutes=5)
 EARLIEST: Final = datetime(2000, 1, 1, tzinfo=UTC)
 
-_RECORD_FIELDS: Final = frozenset(
-    {
-        "runId",
-        "sampleId",
-        "hypervisor",
-        "arch",
-        "scope",
-        "overheadBytes",
-        "rawBytes",
-        "guestTouchedBytes",
-        "vm",
-        "host",
-        "measuredAt",
-        "raw",
-    }
-)
-_VM_FIELDS: Final = frozenset(
-    {
-        "vcpus",
-        "guestMemoryBytes",
-        "graphics",
-        "vfio",
-        "ioThreads",
-        "tpm",
-        "sev",
-        "dedicatedCpu",
-        "downwardMetrics",
-        "execProbes",
-        "deviceSet",
-        "touchedShare",
-        "vcpusOnline",
-    }
-)
-_VM_OPTIONAL_BOOLS: Final = ("tpm", "sev", "dedicatedCpu", "downwardMetrics", "vcpusOnline")
-_HOST_FIELDS: Final = frozenset({"kernel", "qemu", "libvirt", "kubevirt", "accelerator", "node", "cpuModel"})
-_HOST_REQUIRED_TEXT: Final = ("kernel", "qemu", "node", "cpuModel")
-_HOST_OPTIONAL_TEXT: Final = ("libvirt", "kubevirt")
 
-# RFC 3339 date-time: a full date, "T" (or "t" or a space, as RFC 3339 allows), a full time with an
-# optional fraction, and a mandatory offset.
-_RFC3339: Final = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
-)
+# --- the definition -------------------------------------------------------------------------------
+
+
+class _Object(Schema):
+    """An object of the record: unknown fields refused, problems in the service's words."""
+
+    class Meta:
+        unknown = RAISE
+
+    error_messages = {"type": "must be an object", "unknown": "unknown field"}
+
+
+class VmSchema(_Object):
+    """The VM's shape: what a fit regresses on."""
+
+    vcpus = Integer(1, 1024, required=True, store_check=True, fit_default=FIT_REQUIRED)
+    guestMemoryBytes = Integer(MIN_GUEST_MEMORY, MAX_GUEST_MEMORY, required=True, fit_default=FIT_REQUIRED)
+    graphics = Flag(required=True, fit_default=False)
+    vfio = Flag(required=True, fit_default=False)
+    ioThreads = Integer(0, 256, required=True, store_check=True, fit_default=0)
+    tpm = Flag(fit_default=False)
+    sev = Flag(fit_default=False)
+    dedicatedCpu = Flag(fit_default=False)
+    downwardMetrics = Flag(fit_default=False)
+    vcpusOnline = Flag(fit_default=True)  # whether the guest brought every vCPU online
+    execProbes = Integer(0, 2, fit_default=0)  # liveness and readiness
+    deviceSet = Choice(DEVICE_SETS, length=16)
+    touchedShare = Share()
+
+
+class HostSchema(_Object):
+    """The host: what a table's fit stands on, and what drift is looked for across."""
+
+    kernel = Text(MAX_TEXT_LENGTH, required=True, column="host_kernel")
+    qemu = Text(MAX_TEXT_LENGTH, required=True, column="host_qemu")
+    node = Text(MAX_TEXT_LENGTH, required=True, column="host_node")
+    cpuModel = Text(MAX_TEXT_LENGTH, required=True, column="host_cpu_model")
+    libvirt = Text(MAX_TEXT_LENGTH, column="host_libvirt")
+    kubevirt = Text(MAX_TEXT_LENGTH, column="host_kubevirt")
+    accelerator = Choice(ACCELERATORS, length=8, required=True, store_check=True)
+
+
+def _nested(schema: type[Schema]) -> fields.Nested:
+    return fields.Nested(
+        schema, required=True, error_messages={"required": "is required", "null": "must be an object"}
+    )
+
+
+class RecordSchema(_Object):
+    """One measurement record (see the module docstring)."""
+
+    runId = Text(MAX_ID_LENGTH, required=True)
+    sampleId = Text(MAX_ID_LENGTH, required=True)
+    hypervisor = Choice(HYPERVISORS, length=16, required=True, store_check=True)
+    arch = Text(MAX_ARCH_LENGTH, required=True)
+    scope = Choice(SCOPES, length=8, required=True, store_check=True)
+    overheadBytes = Integer(0, MAX_OVERHEAD, required=True, fit_default=FIT_REQUIRED)
+    rawBytes = Integer(0, INT64_MAX, required=True)
+    guestTouchedBytes = Integer(0, INT64_MAX, required=True)
+    vm = _nested(VmSchema)
+    host = _nested(HostSchema)
+    measuredAt = Timestamp(required=True)
+    raw = Figures(MAX_RAW_FIGURES, column=False)  # every raw figure, by name
+
+    @validates_schema(skip_on_field_errors=True)
+    def _consistent(self, data: dict[str, Any], **kwargs: Any) -> None:
+        problem = _inconsistency(data)
+        if problem is not None:
+            path, message = problem
+            group, _, name = path.rpartition(".")
+            raise (
+                ValidationError({name: [message]}, field_name=group)
+                if group
+                else ValidationError(message, path)
+            )
+
+
+def _inconsistency(record: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The first consistency rule between fields that ``record`` breaks, as (path, message)."""
+    overhead, raw, touched = record["overheadBytes"], record["rawBytes"], record["guestTouchedBytes"]
+    if raw - touched != overhead:
+        return (
+            "overheadBytes",
+            f"must equal rawBytes - guestTouchedBytes ({raw} - {touched} = {raw - touched}), got {overhead}",
+        )
+    if touched > record["vm"]["guestMemoryBytes"] + TOUCHED_SLACK:
+        return (
+            "guestTouchedBytes",
+            "must be at most vm.guestMemoryBytes + 64 MiB (the guest cannot touch more)",
+        )
+    accelerator, hypervisor = record["host"]["accelerator"], record["hypervisor"]
+    if accelerator != "tcg" and accelerator != hypervisor:
+        return (
+            "host.accelerator",
+            f"accelerator {accelerator} does not run hypervisor {hypervisor} (only tcg runs either)",
+        )
+    return None
+
+
+# --- what the rest of the service derives ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """One value of the record: a field of the record itself, of ``vm`` or of ``host``."""
+
+    group: str | None  # "vm", "host" or None
+    key: str  # its name in its object
+    field: RecordField
+
+    @property
+    def path(self) -> str:
+        return self.key if self.group is None else f"{self.group}.{self.key}"
+
+    @property
+    def column(self) -> str | None:
+        """The measurements table's column (None: the value is only in the stored record)."""
+        column = self.field.column
+        if column is True:
+            return re.sub(r"(?<!^)(?=[A-Z])", "_", self.key).lower()
+        return column or None
+
+
+def _leaves(schema: Schema, group: str | None = None) -> Iterator[Leaf]:
+    for name, field in schema.fields.items():
+        if isinstance(field, fields.Nested):
+            assert isinstance(field.schema, Schema) and group is None
+            yield from _leaves(field.schema, name)
+        else:
+            assert isinstance(field, RecordField)
+            yield Leaf(group, name, field)
+
+
+_RECORD_SCHEMA: Final = RecordSchema()
+LEAVES: Final[tuple[Leaf, ...]] = tuple(_leaves(_RECORD_SCHEMA))
+
+
+# --- validation ------------------------------------------------------------------------------------
 
 
 class _Bad(Exception):
@@ -116,37 +262,6 @@ class _Bad(Exception):
         super().__init__(message)
         self.path = path
         self.message = message
-
-
-def parse_timestamp(value: Any, path: str = "") -> datetime:
-    """An RFC 3339 date-time with a time zone, as an aware :class:`datetime` in UTC.
-
-    Raises :class:`~overhead_service.errors.InputError` at ``path`` otherwise. A fraction finer
-    than microseconds is truncated; a leap second (``:60``) is refused, as Python cannot hold it;
-    a moment within a day of the ends of years 1..9999 is clamped to that end.
-    """
-    if type(value) is not str:
-        raise InputError(path, "must be an RFC 3339 date-time string with a time zone")
-    match = _RFC3339.fullmatch(value)
-    if match is None:
-        raise InputError(path, "must be an RFC 3339 date-time with a time zone, such as 2026-11-20T10:31:00Z")
-    year, month, day, hour, minute, second, fraction, zulu, sign, off_hours, off_minutes = match.groups()
-    try:
-        offset = timedelta(0)
-        if not zulu:
-            if int(off_hours) > 23 or int(off_minutes) > 59:
-                raise ValueError("time zone offset out of range")
-            offset = timedelta(hours=int(off_hours), minutes=int(off_minutes))
-            if sign == "-":
-                offset = -offset
-        micros = int((fraction[1:] + "000000")[:6]) if fraction else 0
-        naive = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micros)
-    except ValueError as exc:
-        raise InputError(path, f"not a valid date-time: {exc}") from None
-    try:
-        return (naive - offset).replace(tzinfo=UTC)
-    except OverflowError:  # within a day of year 1 or 9999: the earliest or latest moment Python has
-        return (datetime.min if offset > timedelta(0) else datetime.max).replace(tzinfo=UTC)
 
 
 def validate_batch(
@@ -164,180 +279,118 @@ def validate_batch(
         raise InputError(path, "must be an array of measurement records")
     if len(records) > MAX_BATCH:
         raise InputError(path, f"at most {MAX_BATCH} records per batch, got {len(records)}")
-    latest = (now or datetime.now(UTC)) + MAX_CLOCK_SKEW
     problems: list[InputError] = []
-    for index, record in enumerate(records):
-        try:
-            _check_record(record, latest)
-        except _Bad as bad:
-            where = f"{path}[{index}]" + (f".{bad.path}" if bad.path else "")
-            problems.append(InputError(where, bad.message))
+    window = measured_window.set(_window(now))
+    try:
+        for index, record in enumerate(records):
+            try:
+                _check_object(record, _RECORD, "")
+                _check_consistency(record)
+            except _Bad as bad:
+                where = f"{path}[{index}]" + (f".{bad.path}" if bad.path else "")
+                problems.append(InputError(where, bad.message))
+    finally:
+        measured_window.reset(window)
     if problems:
         raise InvalidRecords(problems, path=path)
     return records
 
 
 def validate_record(record: Any, *, now: datetime | None = None) -> dict[str, Any]:
-    """One record checked (paths relative to the record); raises :class:`InputError`."""
+    """One record checked by :class:`RecordSchema` (paths relative to the record); raises
+    :class:`InputError` at its first problem, as :func:`validate_batch` would."""
+    if type(record) is not dict:
+        raise InputError("", "must be an object")
+    window = measured_window.set(_window(now))
     try:
-        _check_record(record, (now or datetime.now(UTC)) + MAX_CLOCK_SKEW)
-    except _Bad as bad:
-        raise InputError(bad.path, bad.message) from None
-    assert isinstance(record, dict)
+        _RECORD_SCHEMA.load(record)
+    except ValidationError as err:
+        assert isinstance(err.messages, dict)
+        raise InputError(*_first_problem(err.messages, _RECORD_SCHEMA, "")) from None
+    finally:
+        measured_window.reset(window)
     return record
 
 
-# --- one record -----------------------------------------------------------------------------------
-
-
-def _check_record(record: Any, latest: datetime) -> None:
-    _object(record, "", _RECORD_FIELDS)
-    for name in ("runId", "sampleId"):
-        _text(record, name, "", MAX_ID_LENGTH)
-    _choice(record, "hypervisor", "", HYPERVISORS)
-    _text(record, "arch", "", MAX_ARCH_LENGTH)
-    _choice(record, "scope", "", SCOPES)
-    overhead = _integer(record, "overheadBytes", "", -MAX_OVERHEAD, MAX_OVERHEAD)
-    raw = _integer(record, "rawBytes", "", 0, INT64_MAX)
-    touched = _integer(record, "guestTouchedBytes", "", 0, INT64_MAX)
-
-    if "vm" not in record:
-        raise _Bad("vm", "is required")
-    vm = record["vm"]
-    _object(vm, "vm", _VM_FIELDS)
-    _integer(vm, "vcpus", "vm", 1, 1024)
-    guest = _integer(vm, "guestMemoryBytes", "vm", MIN_GUEST_MEMORY, MAX_GUEST_MEMORY)
-    _boolean(vm, "graphics", "vm")
-    _boolean(vm, "vfio", "vm")
-    _integer(vm, "ioThreads", "vm", 0, 256)
-    for name in _VM_OPTIONAL_BOOLS:
-        _boolean(vm, name, "vm", required=False)
-    _integer(vm, "execProbes", "vm", 0, 2, required=False)
-    _choice(vm, "deviceSet", "vm", DEVICE_SETS, required=False)
-    if "touchedShare" in vm:
-        share = vm["touchedShare"]
-        if type(share) not in (int, float) or not 0 <= share <= 1:
-            raise _Bad("vm.touchedShare", "must be a number between 0 and 1")
-
-    if "host" not in record:
-        raise _Bad("host", "is required")
-    host = record["host"]
-    _object(host, "host", _HOST_FIELDS)
-    for name in _HOST_REQUIRED_TEXT:
-        _text(host, name, "host", MAX_TEXT_LENGTH)
-    for name in _HOST_OPTIONAL_TEXT:
-        _text(host, name, "host", MAX_TEXT_LENGTH, required=False)
-    accelerator = _choice(host, "accelerator", "host", ACCELERATORS)
-
-    if "measuredAt" not in record:
-        raise _Bad("measuredAt", "is required")
-    try:
-        measured = parse_timestamp(record["measuredAt"], "measuredAt")
-    except InputError as err:
-        raise _Bad(err.path, err.detail) from None
-    if measured > latest:
-        raise _Bad("measuredAt", "is in the future (more than 5 minutes ahead of the server's clock)")
-    if measured < EARLIEST:
-        raise _Bad("measuredAt", "is before 2000-01-01, which is not a plausible measurement time")
-
-    if "raw" in record:
-        _raw_figures(record["raw"])
-
-    # Consistency between fields, once each field is known to be well formed.
-    if raw - touched != overhead:
-        raise _Bad(
-            "overheadBytes",
-            f"must equal rawBytes - guestTouchedBytes ({raw} - {touched} = {raw - touched}), got {overhead}",
-        )
-    if touched > guest + TOUCHED_SLACK:
-        raise _Bad(
-            "guestTouchedBytes", "must be at most vm.guestMemoryBytes + 64 MiB (the guest cannot touch more)"
-        )
-    hypervisor = record["hypervisor"]
-    if accelerator != "tcg" and accelerator != hypervisor:
-        raise _Bad(
-            "host.accelerator",
-            f"accelerator {accelerator} does not run hypervisor {hypervisor} (only tcg runs either)",
-        )
-
-
-def storable_text(value: str) -> bool:
-    """Whether every database can store ``value``: no NUL (PostgreSQL text refuses it) and valid
-    Unicode (a lone surrogate, which JSON can escape, has no UTF-8 encoding)."""
-    if "\x00" in value:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+def _window(now: datetime | None) -> tuple[datetime, datetime]:
+    return EARLIEST, (now or datetime.now(UTC)) + MAX_CLOCK_SKEW
 
 
 def _join(parent: str, name: str) -> str:
     return f"{parent}.{name}" if parent else name
 
 
-def _object(value: Any, path: str, fields: frozenset[str]) -> None:
+def _unknown_message(schema: Schema) -> str:
+    return f"unknown field; allowed: {', '.join(sorted(schema.fields))}"
+
+
+# The fast path: each object of the record as (names, unknown-field message, its members in order:
+# (name, field, required, nested object or None)).
+_Member = tuple[str, RecordField | None, bool, "_Shape | None"]
+_Shape = tuple[frozenset[str], str, tuple[_Member, ...]]
+
+
+def _shape(schema: Schema) -> _Shape:
+    members: list[_Member] = []
+    for name, field in schema.fields.items():
+        if isinstance(field, fields.Nested):
+            assert isinstance(field.schema, Schema)
+            members.append((name, None, field.required, _shape(field.schema)))
+        else:
+            assert isinstance(field, RecordField)
+            members.append((name, field, field.required, None))
+    return frozenset(schema.fields), _unknown_message(schema), tuple(members)
+
+
+_RECORD: Final = _shape(_RECORD_SCHEMA)
+
+
+def _check_object(value: Any, shape: _Shape, path: str) -> None:
+    """:class:`RecordSchema`'s checks of one object, in its order, without marshmallow's machinery."""
     if type(value) is not dict:
         raise _Bad(path, "must be an object")
-    unknown = value.keys() - fields
+    names, unknown, members = shape
+    if not value.keys() <= names:
+        raise _Bad(_join(path, min(value.keys() - names)), unknown)
+    key = ""
+    try:
+        for key, field, required, nested in members:
+            if key in value:
+                if field is not None:
+                    field.check(value[key])
+                else:
+                    assert nested is not None
+                    _check_object(value[key], nested, _join(path, key))
+            elif required:
+                raise _Bad(_join(path, key), "is required")
+    except Problem as problem:
+        where = _join(path, key)
+        raise _Bad(where if problem.path is None else f"{where}.{problem.path}", problem.message) from None
+
+
+def _check_consistency(record: dict[str, Any]) -> None:
+    problem = _inconsistency(record)
+    if problem is not None:
+        raise _Bad(*problem)
+
+
+def _first_problem(errors: Mapping[str, Any], schema: Schema, path: str) -> tuple[str, str]:
+    """The problem :func:`validate_batch` would report first, among everything marshmallow found."""
+    if "_schema" in errors:
+        return path, errors["_schema"][0]
+    unknown = sorted(errors.keys() - schema.fields.keys())
     if unknown:
-        name = sorted(unknown)[0]
-        raise _Bad(_join(path, name), f"unknown field; allowed: {', '.join(sorted(fields))}")
-
-
-def _present(obj: Mapping[str, Any], name: str, parent: str, required: bool) -> bool:
-    if name in obj:
-        return True
-    if required:
-        raise _Bad(_join(parent, name), "is required")
-    return False
-
-
-def _text(obj: Mapping[str, Any], name: str, parent: str, max_length: int, *, required: bool = True) -> None:
-    if not _present(obj, name, parent, required):
-        return
-    value = obj[name]
-    if type(value) is not str or not value or len(value) > max_length:
-        raise _Bad(_join(parent, name), f"must be a non-empty string of at most {max_length} characters")
-    if not storable_text(value):
-        raise _Bad(_join(parent, name), "must not contain NUL characters or unpaired surrogates")
-
-
-def _choice(
-    obj: Mapping[str, Any], name: str, parent: str, allowed: tuple[str, ...], *, required: bool = True
-) -> str | None:
-    if not _present(obj, name, parent, required):
-        return None
-    value = obj[name]
-    if type(value) is not str or value not in allowed:
-        raise _Bad(_join(parent, name), f"must be one of: {', '.join(allowed)}")
-    return value
-
-
-def _integer(
-    obj: Mapping[str, Any], name: str, parent: str, low: int, high: int, *, required: bool = True
-) -> int:
-    if not _present(obj, name, parent, required):
-        return 0
-    value = obj[name]
-    if type(value) is not int or not low <= value <= high:  # bool is not int here
-        raise _Bad(_join(parent, name), f"must be an integer between {low} and {high}")
-    return value
-
-
-def _boolean(obj: Mapping[str, Any], name: str, parent: str, *, required: bool = True) -> None:
-    if _present(obj, name, parent, required) and type(obj[name]) is not bool:
-        raise _Bad(_join(parent, name), "must be true or false")
-
-
-def _raw_figures(raw: Any) -> None:
-    if type(raw) is not dict:
-        raise _Bad("raw", "must be an object of figure names to byte counts")
-    if len(raw) > MAX_RAW_FIGURES:
-        raise _Bad("raw", f"at most {MAX_RAW_FIGURES} figures")
-    for name, value in raw.items():
-        if not storable_text(name):
-            raise _Bad("raw", "figure names must not contain NUL characters or unpaired surrogates")
-        if type(value) is not int or not 0 <= value <= INT64_MAX:
-            raise _Bad(f"raw.{name}", f"must be an integer between 0 and {INT64_MAX}")
+        return _join(path, unknown[0]), _unknown_message(schema)
+    for name, field in schema.fields.items():
+        found = errors.get(name)
+        if found is None:
+            continue
+        where = _join(path, name)
+        if isinstance(found, Mapping):
+            if isinstance(field, fields.Nested):
+                assert isinstance(field.schema, Schema)
+                return _first_problem(found, field.schema, where)
+            key = next(iter(found))  # a figure of ``raw``
+            return f"{where}.{key}", found[key][0]
+        return where, found[0]
+    raise AssertionError(f"no problem found in {errors!r}")

@@ -8,6 +8,7 @@ shape as the VirtualMachineInstance the engine reads.  Pure domain code (numpy o
 from __future__ import annotations
 
 import copy
+import dataclasses
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from overhead_service.calibration.records import SCOPES
+from overhead_service.calibration.record_fields import FIT_REQUIRED, Flag, Integer
+from overhead_service.calibration.records import LEAVES, SCOPES
 from overhead_service.errors import InputError
 
 __all__ = [
@@ -41,7 +43,6 @@ BoolArray = NDArray[np.bool_]
 MAX_BYTES: Final = 1 << 50  # 1 PiB: keeps every vectorised product inside int64
 MAX_VCPUS: Final = 1 << 16
 MAX_IO_THREADS: Final = 1 << 16
-MAX_EXEC_PROBES: Final = 2  # liveness and readiness
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,29 +85,40 @@ class Column:
         return self.path.startswith("vm.")
 
 
-def _column(name: str, path: str, low: int, high: int, default: int | None = 0) -> Column:
-    return Column(name, path, low, high, (low, high) == (0, 1), default)
+# Where the fit takes wider values than a record may hold (the fit also takes synthetic and
+# hand-made samples), the bounds its arithmetic needs: every product stays inside int64.  Every
+# record that ingestion accepts is within them (a test keeps it so).
+_FIT_BOUNDS: Final[Mapping[str, tuple[int, int]]] = {
+    "overhead_bytes": (0, MAX_BYTES),
+    "vcpus": (1, MAX_VCPUS),
+    "guest_memory_bytes": (1, MAX_BYTES),
+    "io_threads": (0, MAX_IO_THREADS),
+}
 
 
-def _flag(name: str, path: str, default: int = 0) -> Column:
-    return Column(name, path, 0, 1, True, default)
+def _columns() -> tuple[Column, ...]:
+    """The record fields a fit reads (those with a ``fit_default``), in :class:`Sample`'s order."""
+    read = {leaf.column: leaf for leaf in LEAVES if leaf.field.fit_reads}
+    names = [field.name for field in dataclasses.fields(Sample) if field.name != "scope"]
+    if set(names) != set(read):
+        raise TypeError(
+            f"Sample's fields {sorted(names)} are not the record fields a fit reads {sorted(map(str, read))}"
+        )
+    columns = []
+    for name in names:
+        leaf = read[name]
+        boolean = isinstance(leaf.field, Flag)
+        if boolean:
+            low, high = 0, 1
+        else:
+            assert isinstance(leaf.field, Integer)
+            low, high = _FIT_BOUNDS.get(name, (leaf.field.low, leaf.field.high))
+        default = None if leaf.field.fit_default is FIT_REQUIRED else int(leaf.field.fit_default)
+        columns.append(Column(name, leaf.path, low, high, boolean, default))
+    return tuple(columns)
 
 
-# The columns in :class:`Sample`'s order.
-COLUMNS: Final[tuple[Column, ...]] = (
-    _column("overhead_bytes", "overheadBytes", 0, MAX_BYTES, None),
-    _column("vcpus", "vm.vcpus", 1, MAX_VCPUS, None),
-    _column("guest_memory_bytes", "vm.guestMemoryBytes", 1, MAX_BYTES, None),
-    _flag("graphics", "vm.graphics"),
-    _column("io_threads", "vm.ioThreads", 0, MAX_IO_THREADS),
-    _flag("vfio", "vm.vfio"),
-    _flag("tpm", "vm.tpm"),
-    _flag("sev", "vm.sev"),
-    _flag("dedicated_cpu", "vm.dedicatedCpu"),
-    _flag("downward_metrics", "vm.downwardMetrics"),
-    _column("exec_probes", "vm.execProbes", 0, MAX_EXEC_PROBES),
-    _flag("vcpus_online", "vm.vcpusOnline", 1),
-)
+COLUMNS: Final = _columns()
 SHAPE: Final = COLUMNS[1:]  # what decides a prediction: everything but the measured overhead
 
 
@@ -236,6 +248,10 @@ class SampleArrays:
     def shapes(self) -> IntArray:
         """One row per sample: its :data:`SHAPE` columns as integers."""
         return np.column_stack([getattr(self, column.name).astype(np.int64) for column in SHAPE])
+
+
+if [field.name for field in dataclasses.fields(SampleArrays)] != [column.name for column in COLUMNS]:
+    raise TypeError("SampleArrays' fields must be Sample's (scope excepted), in the same order")
 
 
 def _checked_column(column: Column, values: Any, size: int | None) -> NDArray[Any]:

@@ -17,7 +17,8 @@ import numpy.typing as npt
 from sqlalchemy import JSON, Select, bindparam, column, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from overhead_service.calibration.records import parse_timestamp
+from overhead_service.calibration.record_fields import Flag, Timestamp
+from overhead_service.calibration.records import LEAVES, parse_timestamp
 from overhead_service.errors import InputError
 from overhead_service.store.database import Database
 from overhead_service.store.schema import iso, measurements
@@ -27,34 +28,24 @@ __all__ = ["FIT_COLUMNS", "IngestResult", "MeasurementStore"]
 _MAX_PAGE: Final = 1000
 _STREAM_ROWS: Final = 5000
 
-# What Store.measurement_columns returns besides ids: the names of calibration.SampleArrays' fields.
-FIT_COLUMNS: Final = (
-    "overhead_bytes",
-    "vcpus",
-    "guest_memory_bytes",
-    "graphics",
-    "io_threads",
-    "vfio",
-    "tpm",
-    "sev",
-    "dedicated_cpu",
-    "downward_metrics",
-    "exec_probes",
-    "vcpus_online",
-)
+# What Store.measurement_columns returns besides ids: the record fields a fit reads (the fields of
+# calibration.SampleArrays), with what an absent optional one means.
+_FIT_LEAVES: Final = [leaf for leaf in LEAVES if leaf.field.fit_reads]
+FIT_COLUMNS: Final = tuple(str(leaf.column) for leaf in _FIT_LEAVES)
 _BOOLEAN_FIT_COLUMNS: Final = frozenset(
-    {"graphics", "vfio", "tpm", "sev", "dedicated_cpu", "downward_metrics", "vcpus_online"}
+    str(leaf.column) for leaf in _FIT_LEAVES if isinstance(leaf.field, Flag)
 )
-# Host facts as the record names them -> their columns.
-_HOST_FACTS: Final = {
-    "accelerator": "accelerator",
-    "cpuModel": "host_cpu_model",
-    "kernel": "host_kernel",
-    "kubevirt": "host_kubevirt",
-    "libvirt": "host_libvirt",
-    "node": "host_node",
-    "qemu": "host_qemu",
+_FIT_DEFAULTS: Final = {
+    str(leaf.column): leaf.field.fit_default for leaf in _FIT_LEAVES if not leaf.field.required
 }
+# Host facts as the record names them -> their columns, by name.
+_HOST_FACTS: Final = dict(sorted((leaf.key, str(leaf.column)) for leaf in LEAVES if leaf.group == "host"))
+# How a validated record becomes a row: (column, group, key, required, is a timestamp) per column.
+_STORED: Final = tuple(
+    (leaf.column, leaf.group, leaf.key, leaf.field.required, isinstance(leaf.field, Timestamp))
+    for leaf in LEAVES
+    if leaf.column is not None
+)
 
 
 @dataclass
@@ -206,9 +197,8 @@ class MeasurementStore(Database):
         record format's default: false, 0, and ``vcpus_online`` true.
         """
         m = measurements.c
-        defaults = {"exec_probes": 0, "vcpus_online": True}
         selected = [m.id] + [
-            func.coalesce(m[name], defaults.get(name, False)) if m[name].nullable else m[name]
+            func.coalesce(m[name], _FIT_DEFAULTS[name]) if m[name].nullable else m[name]
             for name in FIT_COLUMNS
         ]
         query = _where(select(*selected), hypervisor, arch, scope, run_ids, since, until).order_by(m.id)
@@ -309,42 +299,15 @@ def _as_json_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _measurement_row(record: dict[str, Any], now: datetime, ingested_by: str | None) -> dict[str, Any]:
-    vm = record["vm"]
-    host = record["host"]
-    return {
-        "run_id": record["runId"],
-        "sample_id": record["sampleId"],
-        "hypervisor": record["hypervisor"],
-        "arch": record["arch"],
-        "scope": record["scope"],
-        "overhead_bytes": record["overheadBytes"],
-        "raw_bytes": record["rawBytes"],
-        "guest_touched_bytes": record["guestTouchedBytes"],
-        "vcpus": vm["vcpus"],
-        "guest_memory_bytes": vm["guestMemoryBytes"],
-        "graphics": vm["graphics"],
-        "vfio": vm["vfio"],
-        "io_threads": vm["ioThreads"],
-        "tpm": vm.get("tpm"),
-        "sev": vm.get("sev"),
-        "dedicated_cpu": vm.get("dedicatedCpu"),
-        "downward_metrics": vm.get("downwardMetrics"),
-        "exec_probes": vm.get("execProbes"),
-        "device_set": vm.get("deviceSet"),
-        "touched_share": vm.get("touchedShare"),
-        "vcpus_online": vm.get("vcpusOnline"),
-        "accelerator": host["accelerator"],
-        "host_kernel": host["kernel"],
-        "host_qemu": host["qemu"],
-        "host_libvirt": host.get("libvirt"),
-        "host_kubevirt": host.get("kubevirt"),
-        "host_node": host["node"],
-        "host_cpu_model": host["cpuModel"],
-        "record": record,
-        "measured_at": parse_timestamp(record["measuredAt"], "measuredAt"),
-        "ingested_at": now,
-        "ingested_by": ingested_by,
-    }
+    row: dict[str, Any] = {}
+    for column_name, group, key, required, timestamp in _STORED:
+        source = record if group is None else record[group]
+        value = source[key] if required else source.get(key)
+        row[column_name] = parse_timestamp(value, key) if timestamp else value
+    row["record"] = record
+    row["ingested_at"] = now
+    row["ingested_by"] = ingested_by
+    return row
 
 
 def _filtered(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import (
     JSON,
@@ -37,6 +37,10 @@ from sqlalchemy import (
     inspect,
     select,
 )
+from sqlalchemy.types import TypeEngine
+
+from overhead_service.calibration import record_fields
+from overhead_service.calibration.records import LEAVES, Leaf
 
 __all__ = [
     "MIGRATIONS",
@@ -110,52 +114,64 @@ state = Table(
     CheckConstraint("id = 1", name="one_row"),
 )
 
+
+def _column_type(field: record_fields.RecordField) -> TypeEngine[Any]:
+    """The SQL type of a record field's column."""
+    if isinstance(field, record_fields.Flag):
+        return Boolean()
+    if isinstance(field, record_fields.Integer):
+        return Integer() if field.low >= -(2**31) and field.high < 2**31 else BigInteger()
+    if isinstance(field, record_fields.Text):
+        return String(field.max_length)
+    if isinstance(field, record_fields.Choice):
+        return String(field.length)
+    if isinstance(field, record_fields.Share):
+        return Float()
+    if isinstance(field, record_fields.Timestamp):
+        return UTCDateTime()
+    raise TypeError(f"no column type for {type(field).__name__}")
+
+
+def _check(leaf: Leaf) -> CheckConstraint:
+    """A record field's CHECK constraint (``store_check``): its choices or its range."""
+    field, column = leaf.field, leaf.column
+    if isinstance(field, record_fields.Choice):
+        choices = ", ".join(f"'{choice}'" for choice in field.choices)
+        return CheckConstraint(f"{column} IN ({choices})", name=column)
+    assert isinstance(field, record_fields.Integer)
+    return CheckConstraint(f"{column} BETWEEN {field.low} AND {field.high}", name=column)
+
+
+# The measurements table: a column for each record field that has one (calibration.records is the
+# definition: types, lengths, nullability and the CHECKs of fields marked ``store_check``), the
+# whole record as uploaded, and when and by whom it was ingested.  Existing databases keep the
+# column order they were created with; nothing reads columns by position.
+_STORED = [leaf for leaf in LEAVES if leaf.column is not None]
+_CHOICES = [
+    _check(leaf)
+    for leaf in _STORED
+    if leaf.field.store_check and isinstance(leaf.field, record_fields.Choice)
+]
+_RANGES = [
+    _check(leaf)
+    for leaf in _STORED
+    if leaf.field.store_check and isinstance(leaf.field, record_fields.Integer)
+]
+
 measurements = Table(
     "measurements",
     metadata,
     Column("id", _Id, primary_key=True, autoincrement=True),
-    Column("run_id", String(200), nullable=False),
-    Column("sample_id", String(200), nullable=False),
-    Column("hypervisor", String(16), nullable=False),
-    Column("arch", String(64), nullable=False),
-    Column("scope", String(8), nullable=False),
-    Column("overhead_bytes", BigInteger, nullable=False),
-    Column("raw_bytes", BigInteger, nullable=False),
-    Column("guest_touched_bytes", BigInteger, nullable=False),
-    # The VM's shape: what a fit regresses on (absent optional fields are NULL).
-    Column("vcpus", Integer, nullable=False),
-    Column("guest_memory_bytes", BigInteger, nullable=False),
-    Column("graphics", Boolean, nullable=False),
-    Column("vfio", Boolean, nullable=False),
-    Column("io_threads", Integer, nullable=False),
-    Column("tpm", Boolean),
-    Column("sev", Boolean),
-    Column("dedicated_cpu", Boolean),
-    Column("downward_metrics", Boolean),
-    Column("exec_probes", Integer),
-    Column("device_set", String(16)),
-    Column("touched_share", Float),
-    Column("vcpus_online", Boolean),
-    # The host: what a table's fit stands on, and what drift is looked for across (QEMU upgrades).
-    Column("accelerator", String(8), nullable=False),
-    Column("host_kernel", String(200), nullable=False),
-    Column("host_qemu", String(200), nullable=False),
-    Column("host_libvirt", String(200)),
-    Column("host_kubevirt", String(200)),
-    Column("host_node", String(200), nullable=False),
-    Column("host_cpu_model", String(200), nullable=False),
+    *(Column(leaf.column, _column_type(leaf.field), nullable=not leaf.field.required) for leaf in _STORED),
     Column("record", JSON, nullable=False),  # the whole validated record, as uploaded
-    Column("measured_at", UTCDateTime, nullable=False),
     Column("ingested_at", UTCDateTime, nullable=False),
     Column("ingested_by", String(200)),
     UniqueConstraint("run_id", "sample_id"),
-    CheckConstraint("hypervisor IN ('kvm', 'mshv')", name="hypervisor"),
-    CheckConstraint("scope IN ('qemu', 'pod', 'node')", name="scope"),
-    CheckConstraint("accelerator IN ('kvm', 'tcg', 'mshv')", name="accelerator"),
+    *_CHOICES,
+    # The record's consistency rules that the database can hold by itself.
     CheckConstraint("raw_bytes >= 0 AND guest_touched_bytes >= 0", name="raw_not_negative"),
     CheckConstraint("raw_bytes - guest_touched_bytes = overhead_bytes", name="overhead_consistent"),
-    CheckConstraint("vcpus BETWEEN 1 AND 1024", name="vcpus"),
-    CheckConstraint("io_threads BETWEEN 0 AND 256", name="io_threads"),
+    *_RANGES,
     Index(None, "hypervisor", "arch", "scope", "measured_at"),
 )
 

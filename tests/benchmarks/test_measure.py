@@ -289,8 +289,9 @@ def test_build_record() -> None:
 
 
 def test_build_record_refuses_what_the_service_would() -> None:
-    with pytest.raises(InputError, match="guestTouchedBytes"):
-        build_record(_measurement(touched_mib=4096), HOST, "run-7")  # more than the guest has
+    # More than the guest has, and more than the QEMU cgroup was charged: a negative overhead.
+    with pytest.raises(InputError, match="overheadBytes: must be an integer between 0 and"):
+        build_record(_measurement(touched_mib=4096), HOST, "run-7")
 
 
 def test_default_run_id() -> None:

@@ -198,3 +198,16 @@ def test_listing_is_open_and_has_a_default_page_size(client: FlaskClient, upload
     rest = client.get(f"/v1/measurements?cursor={page['next']}").get_json()
     assert len(rest["items"]) == 20 and rest["next"] is None
     assert {i["id"] for i in page["items"]}.isdisjoint(i["id"] for i in rest["items"])
+
+
+def test_a_negative_overhead_is_refused_at_its_path(client: FlaskClient, upload: Any) -> None:
+    """Decided at ingestion, by field: a fit or report on the selection could not use the record."""
+    negative = sample(3)
+    negative["rawBytes"] = negative["guestTouchedBytes"] - 1024**2
+    negative["overheadBytes"] = -(1024**2)
+    response = upload({"records": [sample(1), negative]})
+    assert response.status_code == 422
+    assert response.get_json()["errors"] == [
+        {"path": "records[1].overheadBytes", "message": "must be an integer between 0 and 1099511627776"}
+    ]
+    assert client.get("/v1/measurements").get_json() == {"items": [], "next": None}
