@@ -14,20 +14,18 @@ from typing import Any
 from flask import Blueprint, Response, current_app
 
 from overhead_service.calibration import SampleArrays, fit_arrays, fit_id
-from overhead_service.errors import InputError
 from overhead_service.extensions import get_store, get_sync
 from overhead_service.web.auth import require_role
+from overhead_service.web.bodies import FIT_OPTIONS, FIT_SELECTION, field_names, load
 from overhead_service.web.common import json_response, registry
 from overhead_service.web.metrics import FIT_SECONDS, FITS
-from overhead_service.web.parsing import json_object, measurement_selector, read_json
+from overhead_service.web.parsing import json_object, read_json
 
 __all__ = ["bp"]
 
 bp = Blueprint("fits", __name__, url_prefix="/v1/fits")
 
-_FIELDS = frozenset(
-    {"hypervisor", "arch", "scope", "parent", "runs", "since", "until", "target", "folds", "seed"}
-)
+_FIELDS = field_names(FIT_SELECTION, FIT_OPTIONS)
 
 
 @bp.post("")
@@ -44,14 +42,11 @@ def create_fit() -> Response:
 def _create_fit(actor: str) -> Response:
     started = time.perf_counter()
     body = json_object(read_json(), _FIELDS)
-    selector = measurement_selector(body)
-    parent_id = body.get("parent") or current_app.config["DEFAULT_TABLE"]
-    if type(parent_id) is not str:
-        raise InputError("parent", "must be a table id")
+    selector = load(FIT_SELECTION, body)
+    parent_id = selector.pop("parent") or current_app.config["DEFAULT_TABLE"]
     parent = registry().get(parent_id).document  # UnknownTable at path "table" -> 422
-    target = _number(body, "target", current_app.config["FIT_TARGET"], 0.5, 0.9999)
-    folds = _integer(body, "folds", 5, 2, 20)
-    seed = _integer(body, "seed", 0, 0, 2**31 - 1)
+    options = load(FIT_OPTIONS, body)
+    target, folds, seed = float(options["target"]), options["folds"], options["seed"]
 
     store = get_store()
     columns = store.measurement_columns(**selector)  # numpy columns: 10^6 samples stay feasible
@@ -96,21 +91,3 @@ def _create_fit(actor: str) -> Response:
 
 def _stored_table(row: dict[str, Any]) -> dict[str, Any]:
     return {key: row[key] for key in ("id", "kind", "createdAt", "createdBy", "parentId", "contentSha256")}
-
-
-def _number(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
-    value = body.get(key, default)
-    if value is None:
-        value = default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise InputError(key, f"must be a number between {low} and {high}")
-    return float(value)
-
-
-def _integer(body: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
-    value = body.get(key, default)
-    if value is None:
-        value = default
-    if type(value) is not int or not low <= value <= high:
-        raise InputError(key, f"must be an integer between {low} and {high}")
-    return value

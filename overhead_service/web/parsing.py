@@ -11,7 +11,7 @@ error handlers (:mod:`overhead_service.web.errors`) turn it into a problem docum
   reads choices, texts, bounded integers and timestamps. A view that reads none is not marked
   :func:`reads_query`, and a query string sent to it is refused (422 at the first parameter)
   before it runs; a query string over :data:`MAX_QUERY_STRING` bytes is 414 everywhere.
-- Measurement selectors in fit and evaluation bodies: :func:`measurement_selector`.
+- Bodies with a schema (fits, evaluations, activations, rollbacks): :mod:`overhead_service.web.bodies`.
 - Tables named in the URL: :func:`table_document` (404 when there is none).
 """
 
@@ -26,7 +26,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from overhead_service import jsonio
-from overhead_service.calibration.records import HYPERVISORS, SCOPES, parse_timestamp, storable_text
+from overhead_service.calibration.records import parse_timestamp, storable_text
 from overhead_service.errors import InexactNumber, InputError, TableNotFound, UnknownTable
 from overhead_service.extensions import get_registry
 from overhead_service.web.errors import (
@@ -51,7 +51,6 @@ __all__ = [
     "answer_json",
     "decode_json",
     "json_object",
-    "measurement_selector",
     "init_app",
     "query_args",
     "read_body",
@@ -277,41 +276,6 @@ def _text(name: str, value: str, max_length: int) -> str:
     if not storable_text(value):
         raise InputError(name, "must not contain NUL characters")
     return value
-
-
-# --- measurement selectors in bodies ---------------------------------------------------------------
-
-
-def measurement_selector(body: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """The store's ``select_measurements`` keyword arguments from a request body."""
-    hypervisor = body.get("hypervisor")
-    if hypervisor not in HYPERVISORS:
-        raise InputError(prefix + "hypervisor", "must be kvm or mshv")
-    arch = body.get("arch")
-    if type(arch) is not str or not arch or len(arch) > 64:
-        raise InputError(prefix + "arch", "must be an architecture such as amd64")
-    scope = body.get("scope")
-    if scope not in SCOPES:
-        raise InputError(prefix + "scope", "must be qemu, pod or node")
-    runs = body.get("runs")
-    if runs is not None and (
-        type(runs) is not list or not runs or any(type(r) is not str or not r for r in runs)
-    ):
-        raise InputError(prefix + "runs", "must be a non-empty array of run ids")
-    since = _optional_time(body.get("since"), prefix + "since")
-    until = _optional_time(body.get("until"), prefix + "until")
-    return {
-        "hypervisor": hypervisor,
-        "arch": arch,
-        "scope": scope,
-        "run_ids": runs,
-        "since": since,
-        "until": until,
-    }
-
-
-def _optional_time(value: Any, path: str) -> datetime | None:
-    return None if value is None else parse_timestamp(value, path)
 
 
 # --- tables named in the URL ----------------------------------------------------------------------

@@ -7,20 +7,23 @@ other worker and replica within ``SYNC_SECONDS`` (:mod:`overhead_service.sync`).
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response, current_app
 
 from overhead_service.calibration import check_activation, evaluate_table, sample_from_record, validate_batch
-from overhead_service.errors import Conflict, InputError
+from overhead_service.errors import Conflict
 from overhead_service.extensions import get_store, get_sync
 from overhead_service.web.auth import require_role
+from overhead_service.web.bodies import ACTIVATION, EVALUATION, ROLLBACK, field_names, load
 from overhead_service.web.common import json_response, registry, service
-from overhead_service.web.parsing import json_object, measurement_selector, read_json, table_document
+from overhead_service.web.parsing import json_object, read_json, table_document
 
 __all__ = ["bp"]
 
 bp = Blueprint("tables", __name__, url_prefix="/v1/tables")
+
+_EVALUATE_FIELDS = field_names(EVALUATION)
+_ACTIVATE_FIELDS = field_names(ACTIVATION)
+_ROLLBACK_FIELDS = field_names(ROLLBACK)
 
 
 @bp.get("")
@@ -31,11 +34,8 @@ def list_tables() -> Response:
 
 @bp.get("/<table_id>")
 def get_table(table_id: str) -> Response:
-    """One table in full, provenance (and fit report, for a fitted table) included."""
+    """One table in full, provenance (and fit summary, for a fitted table) included."""
     return json_response(table_document(table_id))
-
-
-_EVALUATE_FIELDS = frozenset({"hypervisor", "arch", "scope", "runs", "since", "until", "measurements"})
 
 
 @bp.post("/<table_id>/evaluate")
@@ -46,10 +46,10 @@ def evaluate_on_measurements(table_id: str) -> Response:
     sees drift after a QEMU or kernel upgrade.
     """
     document = table_document(table_id)
-    body = json_object(read_json(), _EVALUATE_FIELDS)
-    selector = measurement_selector(body)
-    if body.get("measurements") is not None:
-        records = validate_batch(body["measurements"], path="measurements")
+    selector = load(EVALUATION, json_object(read_json(), _EVALUATE_FIELDS))
+    measurements = selector.pop("measurements")
+    if measurements is not None:
+        records = validate_batch(measurements, path="measurements")
         records = [
             r
             for r in records
@@ -65,36 +65,13 @@ def evaluate_on_measurements(table_id: str) -> Response:
     return json_response({"table": table_id, **evaluation})
 
 
-_ACTIVATE_FIELDS = frozenset({"hypervisor", "arch", "force", "reason"})
-
-
-def _target(body: dict[str, Any]) -> tuple[str, str]:
-    hypervisor, arch = body.get("hypervisor"), body.get("arch")
-    if hypervisor not in ("kvm", "mshv"):
-        raise InputError("hypervisor", "must be kvm or mshv")
-    if type(arch) is not str or not arch or len(arch) > 64:
-        raise InputError("arch", "must be an architecture such as amd64, or * for every one")
-    return hypervisor, arch
-
-
-def _reason(body: dict[str, Any]) -> str | None:
-    reason = body.get("reason")
-    if reason is not None and (type(reason) is not str or len(reason) > 1000):
-        raise InputError("reason", "must be a string of at most 1000 characters")
-    return reason
-
-
 @bp.post("/<table_id>/activate")
 def activate(table_id: str) -> Response:
     """Make the table the one requests for (hypervisor, arch) get when they name none."""
     actor = require_role("admin")
     document = table_document(table_id)
-    body = json_object(read_json(), _ACTIVATE_FIELDS)
-    hypervisor, arch = _target(body)
-    force = body.get("force", False)
-    if type(force) is not bool:
-        raise InputError("force", "must be a boolean")
-    reason = _reason(body)
+    body = load(ACTIVATION, json_object(read_json(), _ACTIVATE_FIELDS))
+    hypervisor, arch, force, reason = body["hypervisor"], body["arch"], body["force"], body["reason"]
     if registry().get(table_id).model_for(hypervisor, arch) is None:
         raise Conflict("arch", f"table {table_id!r} has no model for {hypervisor} on {arch!r}")
     facts = check_activation(
@@ -110,16 +87,12 @@ def activate(table_id: str) -> Response:
     return json_response({"activation": record, "fit": facts, "active": service().active_entries()})
 
 
-_ROLLBACK_FIELDS = frozenset({"hypervisor", "arch", "reason"})
-
-
 @bp.post("/<table_id>/rollback")
 def rollback(table_id: str) -> Response:
     """Put back the table that was active for (hypervisor, arch) before this one."""
     actor = require_role("admin")
-    body = json_object(read_json(), _ROLLBACK_FIELDS)
-    hypervisor, arch = _target(body)
-    reason = _reason(body)
+    body = load(ROLLBACK, json_object(read_json(), _ROLLBACK_FIELDS))
+    hypervisor, arch, reason = body["hypervisor"], body["arch"], body["reason"]
     store = get_store()
     current = store.active_tables().get((hypervisor, arch))
     if current != table_id:
