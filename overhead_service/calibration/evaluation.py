@@ -14,9 +14,9 @@ from typing import Any, Final
 
 import numpy as np
 
-from overhead_service.calibration.prediction import predict_arrays
+from overhead_service.calibration.prediction import predict_arrays, table_model
 from overhead_service.calibration.samples import FloatArray, Sample, SampleArrays, check_scope
-from overhead_service.errors import InputError, NotEnoughData, NotInTable, TableFormatError
+from overhead_service.errors import NotEnoughData
 from overhead_service.model import tables
 
 __all__ = [
@@ -67,17 +67,8 @@ def _model(
     """The model to evaluate, and the id of its table (None when given a bare model)."""
     if isinstance(model_or_document, tables.Model):
         return model_or_document, None
-    if isinstance(model_or_document, tables.Table):
-        table = model_or_document
-    else:
-        try:
-            table = tables.compile_table(model_or_document)
-        except TableFormatError as err:
-            raise InputError("table", f"not a valid table: {err}") from None
-    found = table.model_for(hypervisor, arch)
-    if found is None:
-        raise NotInTable("table", f"table {table.id!r} has no model for {hypervisor} on {arch!r}")
-    return found, table.id
+    table, model = table_model(model_or_document, hypervisor, arch, path="table")
+    return model, table.id
 
 
 def evaluate_table(

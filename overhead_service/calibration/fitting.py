@@ -82,10 +82,10 @@ from overhead_service.calibration.evaluation import (
     over_provisioning,
     quantiles,
 )
-from overhead_service.calibration.prediction import predict, predict_arrays, scope_components
+from overhead_service.calibration.prediction import predict, predict_arrays, scope_components, table_model
 from overhead_service.calibration.samples import SHAPE, FloatArray, Sample, SampleArrays, check_scope
 from overhead_service.calibration.summary import FitSummary, component_fits
-from overhead_service.errors import InputError, NotEnoughData, NotInTable, TableFormatError
+from overhead_service.errors import InputError, NotEnoughData, NotInTable
 from overhead_service.model import tables
 
 __all__ = ["PER_IO_THREAD_SPEC", "fit", "fit_arrays"]
@@ -207,13 +207,7 @@ def _fit_target(parent: Mapping[str, Any], hypervisor: str, arch: str, scope: st
     """The parent's model the fit replaces, checked to have components in ``scope``."""
     if not isinstance(new_id, str) or not new_id:
         raise InputError("id", "the new table needs a non-empty string id")
-    try:
-        table = tables.compile_table(parent)
-    except TableFormatError as err:
-        raise InputError("parent", f"not a valid table: {err}") from None
-    model = table.model_for(hypervisor, arch)
-    if model is None:
-        raise NotInTable("parent", f"table {table.id!r} has no model for {hypervisor} on {arch!r}")
+    table, model = table_model(parent, hypervisor, arch, path="parent")
     if new_id == table.id:
         raise InputError("id", "the new table needs an id of its own (tables are immutable)")
     if not scope_components(model, scope):

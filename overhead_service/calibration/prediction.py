@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from fractions import Fraction
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from overhead_service.calibration.samples import (
     check_scope,
     sample_vmi,
 )
+from overhead_service.errors import InputError, NotInTable, TableFormatError
 from overhead_service.model import tables
 from overhead_service.model.engine import sum_plan
 from overhead_service.model.quantity import KILO, Quantity, parse_quantity
@@ -36,6 +37,7 @@ __all__ = [
     "predict",
     "predict_arrays",
     "scope_components",
+    "table_model",
 ]
 
 SCOPE_COMPONENTS: Final[Mapping[str, tuple[str, ...] | None]] = {
@@ -44,6 +46,24 @@ SCOPE_COMPONENTS: Final[Mapping[str, tuple[str, ...] | None]] = {
     "node": None,  # the node-level group (nodeComponents)
 }
 _START: Final = Quantity.scaled(0, KILO)  # the engine's accumulator
+
+
+def table_model(
+    document: tables.Table | Mapping[str, Any], hypervisor: str, arch: str, *, path: str
+) -> tuple[tables.Table, tables.Model]:
+    """The table (compiled from its document if need be) and its model for (hypervisor, arch);
+    an :class:`InputError` at ``path`` when it is not a table or has no such model."""
+    if isinstance(document, tables.Table):
+        table = document
+    else:
+        try:
+            table = tables.compile_table(document)
+        except TableFormatError as err:
+            raise InputError(path, f"not a valid table: {err}") from None
+    model = table.model_for(hypervisor, arch)
+    if model is None:
+        raise NotInTable(path, f"table {table.id!r} has no model for {hypervisor} on {arch!r}")
+    return table, model
 
 
 def scope_components(model: tables.Model, scope: str) -> tuple[tables.Component, ...]:

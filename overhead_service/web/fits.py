@@ -46,21 +46,20 @@ def _create_fit(actor: str) -> Response:
     parent_id = selector.pop("parent") or current_app.config["DEFAULT_TABLE"]
     parent = registry().get(parent_id).document  # UnknownTable at path "table" -> 422
     options = load(FIT_OPTIONS, body)
-    target, folds, seed = float(options["target"]), options["folds"], options["seed"]
+    # What names the fit and what it is of: the same for its id and for the fit itself.
+    inputs: dict[str, Any] = {
+        "hypervisor": selector["hypervisor"],
+        "arch": selector["arch"],
+        "scope": selector["scope"],
+        "target": float(options["target"]),
+        "folds": options["folds"],
+        "seed": options["seed"],
+    }
 
     store = get_store()
     columns = store.measurement_columns(**selector)  # numpy columns: 10^6 samples stay feasible
     ids = columns.pop("id")
-    table_id = fit_id(
-        parent=parent_id,
-        hypervisor=selector["hypervisor"],
-        arch=selector["arch"],
-        scope=selector["scope"],
-        target=target,
-        folds=folds,
-        seed=seed,
-        measurement_ids=ids.tolist(),
-    )
+    table_id = fit_id(parent=parent_id, measurement_ids=ids.tolist(), **inputs)
     existing = store.get_table(table_id)
     if existing is not None:  # the same inputs name the same immutable table
         FITS.labels("existing").inc()
@@ -68,12 +67,7 @@ def _create_fit(actor: str) -> Response:
     document, summary = fit_arrays(
         SampleArrays.of(**columns),
         parent,
-        hypervisor=selector["hypervisor"],
-        arch=selector["arch"],
-        scope=selector["scope"],
-        target=target,
-        folds=folds,
-        seed=seed,
+        **inputs,
         new_id=table_id,
         requested_by=actor,
         host_facts=store.host_facts(**selector),
