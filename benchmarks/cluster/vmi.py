@@ -164,7 +164,7 @@ def vmi_manifest(
         "resources": {"requests": {"memory": shape.memory}},
         "devices": devices,
     }
-    # As overhead_service.calibration.fitting spells IOThreads: 1 = the shared thread, n > 1 = a pool of n.
+    # As overhead_service.calibration.sample_vmi spells IOThreads: 1 = the shared thread, n > 1 = a pool of n.
     if shape.io_threads == 1:
         domain["ioThreadsPolicy"] = "shared"
     elif shape.io_threads > 1:
