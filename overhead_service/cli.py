@@ -309,8 +309,7 @@ def report(
     if records_file is not None and (runs or since or until):
         raise click.UsageError("--records cannot be combined with --runs, --since or --until")
     _check_writable(out)
-    service = _service()
-    registry = service.tables
+    registry = _service().tables
     try:
         document = registry.document(table_id)
         try:
@@ -318,44 +317,29 @@ def report(
         except UnknownTable as err:
             raise UnknownTable("upstream", err.detail) from None
         default = default_target(document)
-        selector: dict[str, Any] = {
+        target = {
             "hypervisor": hypervisor or default[0],
             "arch": arch or default[1],
             "scope": scope or default[2],
         }
-        target = {"hypervisor": selector["hypervisor"], "arch": selector["arch"], "scope": selector["scope"]}
         if records_file is not None:
             page = render_report(
                 document,
                 read_records(records_file),
                 upstream_document=upstream_document,
                 source=f"records from {records_file.name}",
-                **target,
+                hypervisor=target["hypervisor"],
+                arch=target["arch"],
+                scope=target["scope"],
             )
         else:
-            selector["run_ids"] = list(runs) or None
-            selector["since"] = parse_timestamp(since, "since") if since is not None else None
-            selector["until"] = parse_timestamp(until, "until") if until is not None else None
-            database_url = _database_url(_settings()["DATABASE_URL"], _url_source())
-            store = Store(database_url)
-            try:
-                columns = store.measurement_columns(**selector)
-                facts = store.host_facts(**selector)
-            except SQLAlchemyError as exc:
-                shown = make_url(database_url).render_as_string(hide_password=True)
-                click.echo(f"report: cannot read measurements from {shown}: {exc}", err=True)
-                sys.exit(1)
-            finally:
-                store.dispose()
-            columns.pop("id")
-            page = render_report(
-                document,
-                SampleArrays.of(**columns),
-                upstream_document=upstream_document,
-                source=describe_selection(selector),
-                measurement_facts=facts,
+            selector: dict[str, Any] = {
                 **target,
-            )
+                "run_ids": list(runs) or None,
+                "since": parse_timestamp(since, "since") if since is not None else None,
+                "until": parse_timestamp(until, "until") if until is not None else None,
+            }
+            page = _report_from_database(document, upstream_document, selector)
     except InputError as error:
         _fail(error)
     try:
@@ -363,6 +347,34 @@ def report(
     except OSError as err:
         _mistake(f"cannot write --out {out}: {err.strerror or err}")
     click.echo(f"wrote {out} ({len(page.encode()):,} bytes)")
+
+
+def _report_from_database(
+    document: dict[str, Any], upstream_document: dict[str, Any], selector: dict[str, Any]
+) -> str:
+    """The report on the stored measurements ``selector`` picks (exit 1 if they cannot be read)."""
+    database_url = _database_url(_settings()["DATABASE_URL"], _url_source())
+    store = Store(database_url)
+    try:
+        columns = store.measurement_columns(**selector)
+        facts = store.host_facts(**selector)
+    except SQLAlchemyError as exc:
+        shown = make_url(database_url).render_as_string(hide_password=True)
+        click.echo(f"report: cannot read measurements from {shown}: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        store.dispose()
+    columns.pop("id")
+    return render_report(
+        document,
+        SampleArrays.of(**columns),
+        upstream_document=upstream_document,
+        source=describe_selection(selector),
+        measurement_facts=facts,
+        hypervisor=selector["hypervisor"],
+        arch=selector["arch"],
+        scope=selector["scope"],
+    )
 
 
 def _check_writable(out: Path) -> None:
