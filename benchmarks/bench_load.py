@@ -8,9 +8,8 @@ and socket error, counted. The overhead requests cycle through ``--bodies`` real
 ``benchmarks/corpus.py`` (a mix of shapes); the service remembers answers per shape, as it does in
 production where virt-controller asks about the same templates again and again.
 
-The load generator is ``wrk`` (a Lua script, ``--latency``) when installed, else a built-in client:
-one thread driving raw HTTP/1.1 keep-alive sockets through epoll, so that a Python client costs as
-little CPU as it can. Every figure names the client that produced it. Both share the machine's
+The load generator (:mod:`benchmarks.load_clients`) is ``wrk`` when installed, else a built-in
+epoll client. Every figure names the client that produced it. Both share the machine's
 CPUs with the server, so on a small machine the client takes part of the capacity it measures.
 
 After the levels, two more rounds (:mod:`benchmarks.load_rounds`): slow clients
@@ -34,19 +33,14 @@ import argparse
 import json
 import math
 import platform
-import selectors
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from array import array
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from http.client import HTTPConnection
 from pathlib import Path
 from types import FrameType
@@ -55,6 +49,7 @@ from typing import Any
 from benchmarks.corpus import corpus
 from benchmarks.harness.server import GunicornServer
 from benchmarks.harness.tokens import TOKENS
+from benchmarks.load_clients import Result, http_request, median_round, python_load, wrk_load
 from benchmarks.load_rounds import rounds_ok, slow_report, slow_round, soak_report, soak_round
 from overhead_service.gunicorn_conf import cpu_count
 from overhead_service.model.vmi import memo_key
@@ -62,29 +57,8 @@ from overhead_service.model.vmi import memo_key
 DEFAULT_LEVELS = "1,2,4,8,16,32,64"
 OVERHEAD = ("POST", "/v1/overhead")
 HEALTHZ = ("GET", "/healthz")
-# Answers still in flight when a level's time is up may finish within this grace period.
-DRAIN_SECONDS = 10.0
 # Slack per endpoint run for starting wrk and draining, in the --max-seconds budget.
 RUN_SLACK_SECONDS = 1.5
-
-
-@dataclass
-class Result:
-    """One endpoint loaded at one concurrency level, by one client."""
-
-    endpoint: str
-    connections: int
-    client: str  # "wrk" or "python": which load generator produced these figures
-    seconds: float  # from the first request to the last answer counted
-    answers: int  # every complete HTTP answer, whatever its status
-    rps: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    max_ms: float
-    non_2xx: int
-    socket_errors: int  # connect/read/write failures and timeouts: no answer at all
-    statuses: dict[str, int] = field(default_factory=dict)  # python client: per status code
 
 
 class Interrupted(Exception):
@@ -93,289 +67,6 @@ class Interrupted(Exception):
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(f"signal {signum}")
-
-
-# --- the built-in client -------------------------------------------------------------------------
-
-
-def http_request(method: str, path: str, port: int, body: bytes | None = None) -> bytes:
-    """One HTTP/1.1 keep-alive request, encoded once so that the load loop only copies bytes."""
-    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-    if body is not None:
-        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-    return head.encode() + b"\r\n" + (body or b"")
-
-
-class _Connection:
-    """A client socket and the state of its one outstanding request (no pipelining)."""
-
-    __slots__ = (
-        "sock", "events", "pending", "sent_at", "buffer", "header_end", "body_length", "status", "close"
-    )  # fmt: skip
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.setblocking(False)
-        self.events = 0  # what the selector waits for on this socket
-        self.pending = memoryview(b"")
-        self.sent_at = 0.0
-        self.buffer = bytearray()
-        self.header_end = -1
-        self.body_length = -1  # -1: unknown yet; -2: chunked
-        self.status = 0
-        self.close = False
-
-    def start(self, request: bytes) -> None:
-        self.pending = memoryview(request)
-        self.buffer.clear()
-        self.header_end = -1
-        self.body_length = -1
-        self.sent_at = time.perf_counter()
-
-    def complete(self) -> bool:
-        """Whether ``buffer`` holds a whole answer (parses the head the first time it is there)."""
-        if self.header_end < 0:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return False
-            self.header_end = end + 4
-            head = bytes(self.buffer[:end]).lower()
-            self.status = int(head[9:12])
-            self.close = b"\r\nconnection: close" in head
-            marker = head.find(b"\r\ncontent-length:")
-            if marker >= 0:
-                stop = head.find(b"\r\n", marker + 2)
-                self.body_length = int(head[marker + 17 : stop if stop >= 0 else None])
-            elif b"\r\ntransfer-encoding: chunked" in head:
-                self.body_length = -2
-            else:
-                raise RuntimeError("an answer with neither Content-Length nor chunked encoding")
-        if self.body_length == -2:
-            return self.buffer.endswith(b"\r\n0\r\n\r\n")
-        return len(self.buffer) >= self.header_end + self.body_length
-
-
-def python_load(port: int, requests: Sequence[bytes], connections: int, seconds: float) -> Result:
-    """Keep ``connections`` sockets busy for ``seconds``, cycling through ``requests``.
-
-    One thread and epoll: the client spends its CPU on the bytes, not on thread switches. A
-    connection the server drops counts as a socket error and is opened again.
-    """
-    selector = selectors.DefaultSelector()
-    latencies = array("d")
-    statuses: Counter[int] = Counter()
-    errors = 0
-    turn = 0
-
-    def begin(conn: _Connection) -> None:
-        nonlocal turn
-        conn.start(requests[turn % len(requests)])
-        turn += 1
-        send(conn)
-
-    def send(conn: _Connection) -> None:
-        try:
-            sent = conn.sock.send(conn.pending)
-        except BlockingIOError:
-            sent = 0
-        conn.pending = conn.pending[sent:]
-        wanted = selectors.EVENT_WRITE if conn.pending else selectors.EVENT_READ
-        if wanted != conn.events:  # an epoll_ctl only when it changes (rarely: requests fit a buffer)
-            selector.modify(conn.sock, wanted, conn)
-            conn.events = wanted
-
-    def replace(conn: _Connection) -> _Connection | None:
-        selector.unregister(conn.sock)
-        conn.sock.close()
-        if time.monotonic() >= stop_at:
-            return None
-        fresh = _Connection(port)
-        fresh.events = selectors.EVENT_WRITE
-        selector.register(fresh.sock, fresh.events, fresh)
-        begin(fresh)
-        return fresh
-
-    start = time.perf_counter()
-    stop_at = time.monotonic() + seconds
-    last_answer = start
-    open_count = 0
-    try:
-        for _ in range(connections):
-            conn = _Connection(port)
-            conn.events = selectors.EVENT_WRITE
-            selector.register(conn.sock, conn.events, conn)
-            open_count += 1
-            begin(conn)
-        while open_count:
-            now = time.monotonic()
-            if now > stop_at + DRAIN_SECONDS:
-                errors += open_count  # answers that never came: timeouts
-                break
-            for key, events in selector.select(timeout=0.5):
-                conn = key.data
-                try:
-                    if events & selectors.EVENT_WRITE:
-                        send(conn)
-                        continue
-                    data = conn.sock.recv(262144)
-                    if not data:
-                        raise ConnectionResetError("the server closed the connection")
-                    conn.buffer += data
-                    if not conn.complete():
-                        continue
-                except OSError:
-                    errors += 1
-                    if replace(conn) is None:
-                        open_count -= 1
-                    continue
-                finished = time.perf_counter()
-                latencies.append(finished - conn.sent_at)
-                statuses[conn.status] += 1
-                last_answer = finished
-                if conn.close:
-                    if replace(conn) is None:
-                        open_count -= 1
-                elif time.monotonic() < stop_at:
-                    begin(conn)
-                else:
-                    selector.unregister(conn.sock)
-                    conn.sock.close()
-                    open_count -= 1
-    finally:
-        for key in list(selector.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
-        selector.close()
-    ordered = sorted(latencies)
-    elapsed = max(last_answer - start, 1e-9)
-    return Result(
-        endpoint="",
-        connections=connections,
-        client="python",
-        seconds=elapsed,
-        answers=len(ordered),
-        rps=len(ordered) / elapsed,
-        p50_ms=percentile(ordered, 50) * 1e3,
-        p90_ms=percentile(ordered, 90) * 1e3,
-        p99_ms=percentile(ordered, 99) * 1e3,
-        max_ms=(ordered[-1] if ordered else math.nan) * 1e3,
-        non_2xx=sum(n for status, n in statuses.items() if not 200 <= status < 300),
-        socket_errors=errors,
-        statuses={str(status): n for status, n in sorted(statuses.items())},
-    )
-
-
-def median_round(rounds: Sequence[Result]) -> Result:
-    """The round with the median throughput (the lower middle one of an even count)."""
-    ordered = sorted(rounds, key=lambda r: r.rps)
-    return ordered[(len(ordered) - 1) // 2]
-
-
-def percentile(ordered: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile of sorted values (nan when there are none)."""
-    if not ordered:
-        return math.nan
-    return ordered[max(math.ceil(pct / 100 * len(ordered)) - 1, 0)]
-
-
-# --- wrk -----------------------------------------------------------------------------------------
-
-# done() runs once after the run, in wrk's main Lua state: the figures come out as one line, in
-# microseconds, rather than parsed from wrk's rounded human-readable report. "status" is wrk's
-# count of answers with a status above 399 (what wrk's "Non-2xx or 3xx responses" line shows; these
-# endpoints never answer 1xx or 3xx, so that is every non-2xx answer).
-_WRK_DONE = """
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "WRK-RESULT %d %d %d %d %d %d %d %d %d %d %d\\n",
-    summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
-    e.status, e.connect, e.read, e.write, e.timeout))
-end
-"""
-
-# Several distinct bodies: wrk builds each request once per thread (wrk.format), and request()
-# hands them out in turn, each thread from its own offset.
-_WRK_MIX = """
-local threads = 0
-setup = function(thread)
-  thread:set("offset", threads * 101)
-  threads = threads + 1
-end
-local prepared = {}
-local turn = 0
-init = function(args)
-  for i, body in ipairs(bodies) do
-    prepared[i] = wrk.format("POST", PATH, {["Content-Type"] = "application/json"}, body)
-  end
-  turn = offset or 0
-end
-request = function()
-  turn = turn % #prepared + 1
-  return prepared[turn]
-end
-"""
-
-
-def lua_string(text: str) -> str:
-    """``text`` as a Lua string literal (JSON from json.dumps is ASCII: only \\ and " to escape)."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    return f'"{escaped}"'
-
-
-def wrk_script(path: str, bodies: Sequence[str] | None) -> str:
-    """The Lua script: done() always; for POST the bodies, cycled. A GET stays a static request
-    (no request() function), which is wrk's fastest path."""
-    if bodies is None:
-        return _WRK_DONE
-    table = ",\n".join(lua_string(body) for body in bodies)
-    return f"PATH = {lua_string(path)}\nbodies = {{\n{table}\n}}\n{_WRK_MIX}{_WRK_DONE}"
-
-
-def parse_wrk(output: str, connections: int) -> Result:
-    """The figures of the WRK-RESULT line that the script's done() printed."""
-    for line in output.splitlines():
-        if line.startswith("WRK-RESULT "):
-            values = [int(v) for v in line.split()[1:]]
-            break
-    else:
-        raise RuntimeError(f"wrk printed no result line:\n{output}")
-    answers, duration_us, p50, p90, p99, maximum, status, connect, read, write, timeout = values
-    seconds = duration_us / 1e6
-    return Result(
-        endpoint="",
-        connections=connections,
-        client="wrk",
-        seconds=seconds,
-        answers=answers,
-        rps=answers / seconds if seconds else math.nan,
-        p50_ms=p50 / 1e3,
-        p90_ms=p90 / 1e3,
-        p99_ms=p99 / 1e3,
-        max_ms=maximum / 1e3,
-        non_2xx=status,
-        socket_errors=connect + read + write + timeout,
-    )
-
-
-def wrk_load(port: int, path: str, bodies: Sequence[str] | None, connections: int, seconds: float) -> Result:
-    """Run wrk (two threads at most: the machine's CPUs belong to the server too)."""
-    with tempfile.TemporaryDirectory(prefix="bench-load-wrk-") as tmp:
-        script = Path(tmp) / "load.lua"
-        script.write_text(wrk_script(path, bodies))
-        command = ["wrk", f"-t{min(connections, 2)}", f"-c{connections}", f"-d{max(1, round(seconds))}s"]
-        command += ["--timeout", "10s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}{path}"]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            output, _ = process.communicate(timeout=seconds + 30)
-        finally:
-            if process.poll() is None:  # interrupted or hung: wrk must not outlive the benchmark
-                process.kill()
-                process.wait()
-    if process.returncode != 0:
-        raise RuntimeError(f"wrk exited with {process.returncode}:\n{output}")
-    return parse_wrk(output, connections)
 
 
 # --- the benchmark -------------------------------------------------------------------------------
@@ -479,20 +170,7 @@ def run(args: argparse.Namespace, out: Any = sys.stdout) -> dict[str, Any]:
     bodies = [json.dumps(r, separators=(",", ":")) for r in requests]
     shapes = len({json.dumps(memo_key(r, r["vmi"])) for r in requests})
     report: dict[str, Any] = {
-        "meta": {
-            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "client": client,
-            "cpus": cpu_count(),
-            "python": platform.python_version(),
-            "workers": args.workers,
-            "threads": args.threads or "project default",
-            "worker_class": args.worker_class or "project default",
-            "duration": args.duration,
-            "rounds": args.rounds,
-            "bodies": len(bodies),
-            "shapes": shapes,
-            "body_bytes_mean": round(sum(map(len, bodies)) / len(bodies)),
-        },
+        "meta": _meta(args, client, bodies, shapes),
         "levels": [],
         "skipped_levels": [],
         "slow": None,
@@ -527,80 +205,108 @@ def run(args: argparse.Namespace, out: Any = sys.stdout) -> dict[str, Any]:
             preflight(server.port, bodies)
             if args.warmup > 0:
                 run_endpoint("python", server.port, OVERHEAD, bodies, min(levels, default=1), args.warmup)
-            if levels:
-                print(_HEADER, file=out, flush=True)
-            per_run = (max(1, round(args.duration)) if client == "wrk" else args.duration) + RUN_SLACK_SECONDS
-            for connections in levels:
-                if time.monotonic() + 2 * args.rounds * per_run > deadline:
-                    report["skipped_levels"] = levels[levels.index(connections) :]
-                    report["stopped"] = "max-seconds"
-                    break
-                # Alternating rounds, each row the median round: on a small shared machine one run
-                # can land every keep-alive connection on the same worker, or meet a noisy moment.
-                healthz_rounds: list[Result] = []
-                overhead_rounds: list[Result] = []
-                for _ in range(args.rounds):
-                    healthz_rounds.append(
-                        run_endpoint(client, server.port, HEALTHZ, None, connections, args.duration)
-                    )
-                    overhead_rounds.append(
-                        run_endpoint(client, server.port, OVERHEAD, bodies, connections, args.duration)
-                    )
-                healthz, overhead = median_round(healthz_rounds), median_round(overhead_rounds)
-                ratio = overhead.rps / healthz.rps if healthz.rps else math.nan
-                print(_row(healthz, None), file=out, flush=True)
-                print(_row(overhead, ratio), file=out, flush=True)
-                report["levels"].append(
-                    {
-                        "connections": connections,
-                        "healthz": asdict(healthz),
-                        "overhead": asdict(overhead),
-                        "ratio": ratio,
-                        "rounds": {
-                            "healthz": [asdict(r) for r in healthz_rounds],
-                            "overhead": [asdict(r) for r in overhead_rounds],
-                        },
-                    }
-                )
+            _levels(args, client, server.port, bodies, levels, deadline, report, out)
             # What the processes hold after the load: sizes the pod's memory request and limit.
             report["memory"] = memory_report(server)
-            memory = report["memory"]
-            print(
-                f"# memory after the load (RSS/PSS MiB): master {memory['master']['rss']}/"
-                f"{memory['master']['pss']}, workers "
-                + ", ".join(f"{w['rss']}/{w['pss']}" for w in memory["workers"])
-                + f"; all processes {memory['total_pss_mib']} MiB PSS",
-                file=out,
-                flush=True,
-            )
+            print(_memory_line(report["memory"]), file=out, flush=True)
             _extra_rounds(args, report, server, [b.encode() for b in bodies], deadline, out)
     except (KeyboardInterrupt, Interrupted):
         report["stopped"] = "interrupted"
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    _totals(report, began, out)
+    return report
+
+
+def _meta(args: argparse.Namespace, client: str, bodies: list[str], shapes: int) -> dict[str, Any]:
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "client": client,
+        "cpus": cpu_count(),
+        "python": platform.python_version(),
+        "workers": args.workers,
+        "threads": args.threads or "project default",
+        "worker_class": args.worker_class or "project default",
+        "duration": args.duration,
+        "rounds": args.rounds,
+        "bodies": len(bodies),
+        "shapes": shapes,
+        "body_bytes_mean": round(sum(map(len, bodies)) / len(bodies)),
+    }
+
+
+def _levels(
+    args: argparse.Namespace,
+    client: str,
+    port: int,
+    bodies: list[str],
+    levels: list[int],
+    deadline: float,
+    report: dict[str, Any],
+    out: Any,
+) -> None:
+    """Both endpoints at every concurrency level that fits in what is left of ``--max-seconds``."""
+    if levels:
+        print(_HEADER, file=out, flush=True)
+    per_run = (max(1, round(args.duration)) if client == "wrk" else args.duration) + RUN_SLACK_SECONDS
+    for connections in levels:
+        if time.monotonic() + 2 * args.rounds * per_run > deadline:
+            report["skipped_levels"] = levels[levels.index(connections) :]
+            report["stopped"] = "max-seconds"
+            return
+        # Alternating rounds, each row the median round: on a small shared machine one run can
+        # land every keep-alive connection on the same worker, or meet a noisy moment.
+        healthz_rounds: list[Result] = []
+        overhead_rounds: list[Result] = []
+        for _ in range(args.rounds):
+            healthz_rounds.append(run_endpoint(client, port, HEALTHZ, None, connections, args.duration))
+            overhead_rounds.append(run_endpoint(client, port, OVERHEAD, bodies, connections, args.duration))
+        healthz, overhead = median_round(healthz_rounds), median_round(overhead_rounds)
+        ratio = overhead.rps / healthz.rps if healthz.rps else math.nan
+        print(_row(healthz, None), file=out, flush=True)
+        print(_row(overhead, ratio), file=out, flush=True)
+        report["levels"].append(
+            {
+                "connections": connections,
+                "healthz": asdict(healthz),
+                "overhead": asdict(overhead),
+                "ratio": ratio,
+                "rounds": {
+                    "healthz": [asdict(r) for r in healthz_rounds],
+                    "overhead": [asdict(r) for r in overhead_rounds],
+                },
+            }
+        )
+
+
+def _memory_line(memory: dict[str, Any]) -> str:
+    return (
+        f"# memory after the load (RSS/PSS MiB): master {memory['master']['rss']}/"
+        f"{memory['master']['pss']}, workers "
+        + ", ".join(f"{w['rss']}/{w['pss']}" for w in memory["workers"])
+        + f"; all processes {memory['total_pss_mib']} MiB PSS"
+    )
+
+
+def _totals(report: dict[str, Any], began: float, out: Any) -> None:
     runs = [r for level in report["levels"] for rounds in level["rounds"].values() for r in rounds]
     report["rounds_ok"] = rounds_ok(report["slow"], report["soak"])
-    report["totals"] = {
+    totals = report["totals"] = {
         "answers": sum(r["answers"] for r in runs),
         "non_2xx": sum(r["non_2xx"] for r in runs),
         "socket_errors": sum(r["socket_errors"] for r in runs),
         "seconds": round(time.monotonic() - began, 1),
     }
-    totals = report["totals"]
+    skipped = report["skipped_levels"]
     print(
         f"# {totals['answers']} answers, {totals['non_2xx']} non-2xx, {totals['socket_errors']} socket "
         f"errors, {totals['seconds']} s in all"
-        + (
-            f"; skipped levels (--max-seconds): {report['skipped_levels']}"
-            if report["skipped_levels"]
-            else ""
-        )
+        + (f"; skipped levels (--max-seconds): {skipped}" if skipped else "")
         + ("; INTERRUPTED" if report["stopped"] == "interrupted" else ""),
         file=out,
         flush=True,
     )
-    return report
 
 
 def _extra_rounds(

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.bench_load import http_request, python_load
+from benchmarks.load_clients import http_request, python_load
 from tests.support import ROOT
 
 pytestmark = pytest.mark.gunicorn
