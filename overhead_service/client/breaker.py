@@ -114,11 +114,6 @@ class CircuitBreaker:
             elif permit.probe:
                 self._open()
 
-    def reset(self) -> None:
-        """Close the circuit and forget the failures."""
-        with self._lock:
-            self._close()
-
     def _open(self) -> None:
         self._opened_at = self._clock()
         self._probe_since = None

@@ -34,7 +34,6 @@ __all__ = [
 
 GATE_CONFIGURABLE: Final = "ConfigurableHypervisor"
 GATE_L1VH: Final = "HyperVL1VH"
-UPSTREAM_NAMES: Final = {"kvm": "kvm", "mshv": "hyperv-direct"}
 
 
 class Reason:
@@ -98,10 +97,6 @@ class HypervisorDecision:
     reason: str
     domain_type: str  # "kvm", "hyperv" or "qemu"
     device_resource: str | None
-
-    @property
-    def upstream_name(self) -> str:
-        return UPSTREAM_NAMES[self.name]
 
     @property
     def fallback(self) -> bool:

@@ -222,10 +222,6 @@ class OverheadService:
         except TypeError:  # exact-decoded numbers, >64-bit integers, lone surrogates: no memo
             return None
 
-    def forget(self) -> None:
-        """Drop remembered answers."""
-        self._memo.clear()
-
     def set_active(self, active: Mapping[tuple[str, str], str]) -> None:
         """Make ``active`` ((hypervisor, arch) -> table id) the tables requests get by default."""
         for table_id in active.values():

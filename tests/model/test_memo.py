@@ -88,14 +88,6 @@ def test_errors_are_not_remembered(registry: TableRegistry) -> None:
         assert raised.value.path == "vmi.spec.domain.cpu.cores"
 
 
-def test_forget_empties_the_memo(registry: TableRegistry) -> None:
-    memo = OverheadService(registry)
-    memo.compute({"vmi": {}})
-    assert memo._memo
-    memo.forget()
-    assert not memo._memo
-
-
 QUANTITIES = st.sampled_from(["1Gi", "512Mi", "2G", "1.5Gi", "0", "100m", None, 1073741824])
 VMIS = st.fixed_dictionaries(
     {},
