@@ -3,7 +3,8 @@
 An absent key and ``null`` both give the zero value (an empty object, an empty list, ``None`` for a
 pointer or an optional scalar); a value of the wrong type is an
 :class:`~overhead_service.errors.InputError` at the field's JSON path. Shared by the overhead model's
-VMI reader (:mod:`overhead_service.model.vmi`) and the pod renderer (:mod:`overhead_service.model.render`).
+VMI reader (:mod:`overhead_service.model.vmi`), the request reader (:mod:`overhead_service.model.service`)
+and the pod renderer (:mod:`overhead_service.model.render`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,16 @@ from typing import Any, Final
 
 from overhead_service.errors import InputError
 
-__all__ = ["EMPTY", "read_array", "read_bool", "read_items", "read_object", "read_pointer", "read_string"]
+__all__ = [
+    "EMPTY",
+    "read_array",
+    "read_bool",
+    "read_items",
+    "read_object",
+    "read_pointer",
+    "read_string",
+    "read_text",
+]
 
 # The zero struct. Shared and never mutated: readers only look into it.
 EMPTY: Final[dict[str, Any]] = {}
@@ -71,3 +81,15 @@ def read_string(parent: dict[str, Any], key: str, path: str) -> str | None:
     if value is None or type(value) is str:
         return value
     raise InputError(f"{path}.{key}", "must be a string or null")
+
+
+def read_text(value: Any, path: str, limit: int) -> str | None:
+    """An optional string of the request itself (not a KubeVirt struct): bounded, as it may key a
+    memo or a lookup."""
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise InputError(path, "must be a string")
+    if len(value) > limit:
+        raise InputError(path, f"must be at most {limit} characters")
+    return value

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from overhead_service.errors import InputError
+from overhead_service.model.fields import read_bool, read_object, read_string
 
 __all__ = [
     "FALLBACK_REASONS",
@@ -153,37 +154,25 @@ DEVICE_STATUSES: Final = ("present", "missing", "permission-denied", "not-a-devi
 _DEVICES: Final = {"mshv": "mshvAvailable", "kvm": "kvmAvailable"}
 
 
-def _typed(parent: Mapping[str, Any], key: str, path: str, kind: type, what: str) -> Any:
-    value = parent.get(key)
-    if value is not None and type(value) is not kind:
-        raise InputError(f"{path}.{key}", f"must be {what} or null")
-    return value
+def _section(parent: dict[str, Any], key: str, path: str = "node") -> dict[str, Any]:
+    return read_object(parent.get(key), f"{path}.{key}")
 
 
-def _section(parent: Mapping[str, Any], key: str, path: str = "node") -> dict[str, Any]:
-    value = parent.get(key)
-    if value is None:
-        return {}
-    if type(value) is not dict:
-        raise InputError(f"{path}.{key}", "must be an object or null")
-    return value
-
-
-def _count(parent: Mapping[str, Any], key: str, path: str) -> int | None:
+def _count(parent: dict[str, Any], key: str, path: str) -> int | None:
     value = parent.get(key)
     if value is not None and (type(value) is not int or value < 0):
         raise InputError(f"{path}.{key}", "must be a non-negative integer or null")
     return value
 
 
-def read_node(body: Mapping[str, Any], use_emulation: bool) -> NodeFacts:
+def read_node(body: dict[str, Any], use_emulation: bool) -> NodeFacts:
     """The request's ``node`` object (``overhead-service node-check --json`` prints one), validated.
 
     ``emulationAllowed`` or the cluster's ``useEmulation`` allows emulation. ``mshvAvailable`` and
     ``kvmAvailable`` decide; node-check derives them from the device statuses (present or
     permission denied: the file exists), which are informational here like everything else.
     """
-    available = {key: _typed(body, key, "node", bool, "a boolean") for key in _DEVICES.values()}
+    available = {key: read_bool(body, key, "node") for key in _DEVICES.values()}
     statuses = {}
     devices = _section(body, "devices")
     for name, device in devices.items():
@@ -192,8 +181,8 @@ def read_node(body: Mapping[str, Any], use_emulation: bool) -> NodeFacts:
             raise InputError(path, "unknown device; known: kvm, mshv")
         device = _section(devices, name, "node.devices")
         for key in ("path", "remediation"):
-            _typed(device, key, path, str, "a string")
-        status = _typed(device, "status", path, str, "a string")
+            read_string(device, key, path)
+        status = read_string(device, "status", path)
         if status is None:
             continue
         if status not in DEVICE_STATUSES:
@@ -201,15 +190,17 @@ def read_node(body: Mapping[str, Any], use_emulation: bool) -> NodeFacts:
         statuses[name] = status
     modules = _section(body, "modules")
     for name in modules:
-        _typed(modules, name, "node.modules", bool, "a boolean")
+        read_bool(modules, name, "node.modules")
     qemu, libvirt, memlock = _section(body, "qemu"), _section(body, "libvirt"), _section(body, "memlock")
     for key in ("binary", "version"):
-        _typed(qemu, key, "node.qemu", str, "a string")
-    accelerators = _typed(qemu, "accelerators", "node.qemu", list, "an array of strings")
-    if accelerators is not None and any(type(item) is not str for item in accelerators):
+        read_string(qemu, key, "node.qemu")
+    accelerators = qemu.get("accelerators")
+    if accelerators is not None and (
+        type(accelerators) is not list or any(type(item) is not str for item in accelerators)
+    ):
         raise InputError("node.qemu.accelerators", "must be an array of strings or null")
     for key in ("version", "detail"):
-        _typed(libvirt, key, "node.libvirt", str, "a string")
+        read_string(libvirt, key, "node.libvirt")
     cgroup = body.get("cgroupVersion")
     if cgroup is not None and (type(cgroup) is not int or cgroup not in (1, 2)):
         raise InputError("node.cgroupVersion", "must be 1, 2 or null")
@@ -217,21 +208,21 @@ def read_node(body: Mapping[str, Any], use_emulation: bool) -> NodeFacts:
     return NodeFacts(
         mshv_available=available["mshvAvailable"],
         kvm_available=available["kvmAvailable"],
-        emulation_allowed=bool(_typed(body, "emulationAllowed", "node", bool, "a boolean")) or use_emulation,
+        emulation_allowed=bool(read_bool(body, "emulationAllowed", "node")) or use_emulation,
         device_status=statuses,
         modules={name: loaded for name, loaded in modules.items() if loaded is not None},
-        l1vh_partition=_typed(body, "l1vhPartition", "node", bool, "a boolean"),
+        l1vh_partition=read_bool(body, "l1vhPartition", "node"),
         qemu_version=qemu.get("version"),
-        qemu_mshv_accelerator=_typed(qemu, "mshvAccelerator", "node.qemu", bool, "a boolean"),
+        qemu_mshv_accelerator=read_bool(qemu, "mshvAccelerator", "node.qemu"),
         libvirt_version=libvirt.get("version"),
-        libvirt_hyperv_domain=_typed(libvirt, "hypervDomain", "node.libvirt", bool, "a boolean"),
+        libvirt_hyperv_domain=read_bool(libvirt, "hypervDomain", "node.libvirt"),
         memlock_soft_bytes=_count(memlock, "softBytes", "node.memlock"),
         cgroup_version=cgroup,
         hugepages=_hugepages(body),
     )
 
 
-def _hugepages(body: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+def _hugepages(body: dict[str, Any]) -> dict[str, tuple[int, int]]:
     pages = {}
     sizes = _section(body, "hugepages")
     for size in sizes:

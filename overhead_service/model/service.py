@@ -39,7 +39,8 @@ from typing import Any, Final
 import orjson
 
 from overhead_service.errors import InexactNumber, InputError, NotInTable, problem
-from overhead_service.model.engine import evaluate, parse_ratio
+from overhead_service.model.engine import RATIO_PATH, evaluate, parse_ratio
+from overhead_service.model.fields import EMPTY, read_bool, read_object, read_text
 from overhead_service.model.hypervisor import HypervisorDecision, NodeFacts, read_node, select
 from overhead_service.model.quantity import ZERO, Quantity
 from overhead_service.model.tables import Model, TableRegistry
@@ -53,32 +54,8 @@ _HYPERVISORS: Final = {"auto": "auto", "kvm": "kvm", "mshv": "mshv", "hyperv-dir
 _CONFIGURED: Final = frozenset({"kvm", "hyperv-direct"})
 _MAX_ARCH: Final = 64
 _MAX_RATIO: Final = 100
-
-
-def _object(value: Any, path: str) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    if type(value) is not dict:
-        raise InputError(path, "must be an object or null")
-    return value
-
-
-def _optional_string(body: dict[str, Any], key: str, path: str, limit: int) -> str | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if type(value) is not str:
-        raise InputError(path, "must be a string")
-    if len(value) > limit:
-        raise InputError(path, f"must be at most {limit} characters")
-    return value
-
-
-def _optional_bool(body: dict[str, Any], key: str, path: str) -> bool | None:
-    value = body.get(key)
-    if value is None or type(value) is bool:
-        return value
-    raise InputError(path, "must be a boolean or null")
+_KV: Final = "kubevirtConfiguration"
+_DEVELOPER: Final = f"{_KV}.developerConfiguration"
 
 
 class _Cluster:
@@ -86,70 +63,62 @@ class _Cluster:
 
     __slots__ = ("bindings", "configured", "gates", "ratio", "use_emulation")
 
-    def __init__(self, config: dict[str, Any] | None) -> None:
-        config = config or {}
-        p = "kubevirtConfiguration"
+    def __init__(self, config: dict[str, Any]) -> None:
         self.ratio = parse_ratio(
-            _optional_string(
-                config,
-                "additionalGuestMemoryOverheadRatio",
-                f"{p}.additionalGuestMemoryOverheadRatio",
-                _MAX_RATIO,
-            )
+            read_text(config.get("additionalGuestMemoryOverheadRatio"), RATIO_PATH, _MAX_RATIO)
         )
-        dev = _object(config.get("developerConfiguration"), f"{p}.developerConfiguration") or {}
-        gates = dev.get("featureGates")
-        if gates is not None and (type(gates) is not list or any(type(g) is not str for g in gates)):
-            raise InputError(f"{p}.developerConfiguration.featureGates", "must be an array of strings")
+        developer = read_object(config.get("developerConfiguration"), _DEVELOPER)
+        gates = developer.get("featureGates")
+        if gates is not None and (type(gates) is not list or any(type(gate) is not str for gate in gates)):
+            raise InputError(f"{_DEVELOPER}.featureGates", "must be an array of strings")
         self.gates = frozenset(gates or ())
-        self.use_emulation = bool(
-            _optional_bool(dev, "useEmulation", f"{p}.developerConfiguration.useEmulation")
-        )
-        hypervisors = config.get("hypervisors")
+        self.use_emulation = bool(read_bool(developer, "useEmulation", _DEVELOPER))
+        self.configured = self._configured(config.get("hypervisors"))
+        self.bindings = self._bindings(config)
+
+    @staticmethod
+    def _configured(hypervisors: Any) -> str | None:
+        """The hypervisor KubeVirt is configured with: the first entry's name, None without entries."""
         if hypervisors is not None and type(hypervisors) is not list:
-            raise InputError(f"{p}.hypervisors", "must be an array")
+            raise InputError(f"{_KV}.hypervisors", "must be an array")
         names = []
         for index, entry in enumerate(hypervisors or ()):
-            hp = f"{p}.hypervisors[{index}]"
+            entry_path = f"{_KV}.hypervisors[{index}]"
             if type(entry) is not dict:
-                raise InputError(hp, "must be an object")
+                raise InputError(entry_path, "must be an object")
             name = entry.get("name")
             if name is not None and (type(name) is not str or name not in _CONFIGURED and name != ""):
-                raise InputError(f"{hp}.name", "must be one of kvm, hyperv-direct")
+                raise InputError(f"{entry_path}.name", "must be one of kvm, hyperv-direct")
             # virt-config's JSON merge decodes entry 0 into the default entry ({name: kvm}) in place;
             # an empty name is omitted on the way, so the default name stays.
             names.append(name or "kvm")
-        self.configured = names[0] if names else None
-        self.bindings = self._bindings(config, p)
+        return names[0] if names else None
 
     @staticmethod
-    def _bindings(config: dict[str, Any], p: str) -> dict[str, Quantity | None]:
-        network = _object(config.get("network"), f"{p}.network") or {}
-        plugins = _object(network.get("binding"), f"{p}.network.binding") or {}
+    def _bindings(config: dict[str, Any]) -> dict[str, Quantity | None]:
+        """Each registered network-binding plugin's memory request (None when it declares none)."""
+        network = read_object(config.get("network"), f"{_KV}.network")
+        plugins = read_object(network.get("binding"), f"{_KV}.network.binding")
         bindings: dict[str, Quantity | None] = {}
         for name, plugin in plugins.items():
-            bp = f"{p}.network.binding.{name}"
-            plugin = _object(plugin, bp) or {}
-            overhead = _object(plugin.get("computeResourceOverhead"), f"{bp}.computeResourceOverhead")
-            requests = (
-                None
-                if overhead is None
-                else _object(overhead.get("requests"), f"{bp}.computeResourceOverhead.requests")
+            plugin_path = f"{_KV}.network.binding.{name}"
+            overhead_path = f"{plugin_path}.computeResourceOverhead"
+            overhead = read_object(
+                read_object(plugin, plugin_path).get("computeResourceOverhead"), overhead_path
             )
+            requests = read_object(overhead.get("requests"), f"{overhead_path}.requests")
             if not requests:  # an empty ResourceList is omitted by virt-config's JSON merge: nil
                 bindings[name] = None
             elif "memory" in requests and requests["memory"] is None:
                 bindings[name] = ZERO  # a null Quantity is marshalled as "0" by the merge
             else:
                 # A missing key reads as Go's zero Quantity{} from the map.
-                bindings[name] = read_quantity(
-                    requests.get("memory"), f"{bp}.computeResourceOverhead.requests.memory"
-                )
+                bindings[name] = read_quantity(requests.get("memory"), f"{overhead_path}.requests.memory")
         return bindings
 
 
 _MEMO_SIZE: Final = 4096
-_NO_CLUSTER: Final = _Cluster(None)
+_NO_CLUSTER: Final = _Cluster(EMPTY)
 _NO_NODE: Final = NodeFacts()
 
 
@@ -257,44 +226,42 @@ class OverheadService:
     def _compute(self, body: dict[str, Any], vmi: Any) -> dict[str, Any]:
         features = extract_features(vmi)
 
-        config_body = body.get("kubevirtConfiguration")
-        cluster = (
-            _NO_CLUSTER if config_body is None else _Cluster(_object(config_body, "kubevirtConfiguration"))
-        )
+        config_body = body.get(_KV)
+        cluster = _NO_CLUSTER if config_body is None else _Cluster(read_object(config_body, _KV))
         node_body = body.get("node")
         if node_body is None and not cluster.use_emulation:
             node = _NO_NODE
         else:
-            node = read_node(_object(node_body, "node") or {}, cluster.use_emulation)
-        requested = _optional_string(body, "hypervisor", "hypervisor", 32)
+            node = read_node(read_object(node_body, "node"), cluster.use_emulation)
+        requested = read_text(body.get("hypervisor"), "hypervisor", 32)
         if requested is None:
             requested = "auto"
         if requested not in _HYPERVISORS:
             raise InputError("hypervisor", "must be one of auto, kvm, mshv, hyperv-direct")
-        decision = _decide(_HYPERVISORS[requested], cluster.gates, cluster.configured, node)
+        decision, decision_json = _decide(_HYPERVISORS[requested], cluster.gates, cluster.configured, node)
 
-        cpu_arch = _optional_string(body, "cpuArch", "cpuArch", _MAX_ARCH)
+        cpu_arch = read_text(body.get("cpuArch"), "cpuArch", _MAX_ARCH)
         if config_body is not None:
             # virt-controller's CalculateMemoryOverhead: the VMI's architecture beats the cluster's.
             arch = features.architecture or cpu_arch or self.default_arch
         else:
             arch = cpu_arch if cpu_arch is not None else features.architecture or self.default_arch
 
-        table_id = _optional_string(body, "table", "table", 200)
+        table_id = read_text(body.get("table"), "table", 200)
         if table_id is None:
-            table_id = self.table_for(decision[0].name, arch)
-        model, table_json, release = self._model(table_id, decision[0].name, arch)
+            table_id = self.table_for(decision.name, arch)
+        model, table_json, release = self._model(table_id, decision.name, arch)
         result = evaluate(model, features, arch, cluster.ratio, cluster.bindings)
         return {
             "overhead": result.overhead.to_json(),
             "nodeOverhead": result.node_overhead.to_json(),
-            "hypervisor": decision[1],
+            "hypervisor": decision_json,
             "table": table_json,
             "cpuArch": arch,
             "components": result.components,
             "nodeComponents": result.node_components,
             "warnings": overhead_warnings(
-                features, decision[0].name, table_json, release, result.overhead, cluster.ratio
+                features, decision.name, table_json, release, result.overhead, cluster.ratio
             ),
         }
 

@@ -16,6 +16,7 @@ from overhead_service.model.fields import (
     read_object,
     read_pointer,
     read_string,
+    read_text,
 )
 
 Reader = Callable[[dict[str, Any], str, str], Any]
@@ -69,3 +70,12 @@ def test_null_items_are_zero_structs_and_count() -> None:
     with pytest.raises(InputError) as caught:
         read_items({"k": [{}, 3]}, "k", "a")
     assert (caught.value.path, caught.value.detail) == ("a.k[1]", "must be an object or null")
+
+
+def test_read_text_is_an_optional_bounded_string() -> None:
+    assert read_text(None, "a", 3) is None
+    assert read_text("abc", "a", 3) == "abc"
+    for value, message in ((1, "must be a string"), ("abcd", "must be at most 3 characters")):
+        with pytest.raises(InputError) as caught:
+            read_text(value, "a.b", 3)
+        assert (caught.value.path, caught.value.detail) == ("a.b", message)
