@@ -1,4 +1,4 @@
-"""Evaluate a calibration model against a VMI, in upstream's order of operations.
+"""A VMI's overhead under a calibration model, in upstream's order of operations.
 
 1. the model's components, each added to a DecimalSI zero as Go's ``Quantity.Add`` would;
 2. ``additionalGuestMemoryOverheadRatio`` (KubeVirt's ``MultiplyMemory``): works on the overhead
@@ -21,14 +21,16 @@ from overhead_service.model.quantity import GO_ZERO, INT64_FLOAT_BOUND, KILO, MA
 from overhead_service.model.tables import Block, Component, Model, Step
 from overhead_service.model.vmi import VmiFeatures
 
-__all__ = ["Evaluation", "evaluate", "parse_ratio", "sum_plan"]
+__all__ = ["OverheadBreakdown", "compute_overhead", "parse_ratio", "sum_plan"]
 
 RATIO_PATH: Final = "kubevirtConfiguration.additionalGuestMemoryOverheadRatio"
 _ACCUMULATOR: Final = Quantity.scaled(0, KILO)  # upstream: NewScaledQuantity(0, Kilo)
 
 
 @dataclass(slots=True)
-class Evaluation:
+class OverheadBreakdown:
+    """The pod and node overhead of one VMI, each with the components that sum to it."""
+
     overhead: Quantity
     node_overhead: Quantity
     components: list[dict[str, Any]]  # {"name", "bytes"}, the answer's entries
@@ -141,13 +143,13 @@ def _network_memory(features: VmiFeatures, model: Model, bindings: Mapping[str, 
     return total.add(plugins)
 
 
-def evaluate(
+def compute_overhead(
     model: Model,
     features: VmiFeatures,
     arch: str,
     ratio: float | None,
     bindings: Mapping[str, Quantity | None],
-) -> Evaluation:
+) -> OverheadBreakdown:
     """The pod and node overhead of one VMI under ``model``.
 
     ``bindings`` maps each registered network-binding plugin to its memory request (None when the
@@ -181,4 +183,4 @@ def evaluate(
         _check_int64(node_total, InputError, "vmi", "the node-level overhead")
     else:
         node_total, node_parts = _ACCUMULATOR, []
-    return Evaluation(total, node_total, parts, node_parts)
+    return OverheadBreakdown(total, node_total, parts, node_parts)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from overhead_service.errors import InputError, InvalidQuantity
-from overhead_service.model.engine import evaluate
+from overhead_service.model.engine import compute_overhead
 from overhead_service.model.fields import EMPTY, read_bool, read_object, read_pointer, read_string
 from overhead_service.model.quantity import Format, Quantity, go_int_div, parse_quantity, wrap_int64
 from overhead_service.model.tables import Model
@@ -122,7 +122,7 @@ def read_memory(vmi: dict[str, Any]) -> Memory:
 class UpstreamFigure:
     """The upstream overhead of one VMI as a function of ``requests.memory`` or ``addedOverhead``.
 
-    Evaluated with the engine on the upstream model, without the network-binding memory (added
+    Summed by the engine on the upstream model, without the network-binding memory (added
     after the ratio, the same whatever the memory): callers use differences, or add the network
     part back from the real answer.
     """
@@ -144,7 +144,7 @@ class UpstreamFigure:
             changes["reserved_overhead"] = Quantity.from_int(added)
             changes["flags"] = {**self.features.flags, "reservedOverhead": True}
         features = dataclasses.replace(self.features, **changes)
-        return evaluate(self.model, features, self.arch, self.ratio, {}).overhead.value()
+        return compute_overhead(self.model, features, self.arch, self.ratio, {}).overhead.value()
 
 
 def smallest_at_least(

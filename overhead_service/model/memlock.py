@@ -66,7 +66,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from overhead_service.errors import InputError
-from overhead_service.model.engine import evaluate
+from overhead_service.model.engine import compute_overhead
 from overhead_service.model.fields import EMPTY, read_items, read_object, read_pointer, read_string
 from overhead_service.model.quantity import KILO, ZERO, Quantity, wrap_int64
 from overhead_service.model.tables import Model
@@ -247,7 +247,7 @@ def upstream_overhead(model: Model, features: VmiFeatures, arch: str, ratio: flo
     if features.passt or features.binding_names:
         flags = {**features.flags, "passt": False}
         features = dataclasses.replace(features, passt=False, binding_names=(), flags=flags)
-    return evaluate(model, features, arch, ratio, {}).overhead
+    return compute_overhead(model, features, arch, ratio, {}).overhead
 
 
 def memlock(facts: MemlockFacts, hypervisor: str, overhead: Quantity, version: KubeVirtVersion) -> Memlock:

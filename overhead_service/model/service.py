@@ -39,7 +39,7 @@ from typing import Any, Final
 import orjson
 
 from overhead_service.errors import InexactNumber, InputError, NotInTable, problem
-from overhead_service.model.engine import RATIO_PATH, evaluate, parse_ratio
+from overhead_service.model.engine import RATIO_PATH, compute_overhead, parse_ratio
 from overhead_service.model.fields import EMPTY, read_bool, read_object, read_text
 from overhead_service.model.hypervisor import HypervisorDecision, NodeFacts, read_node, select
 from overhead_service.model.quantity import ZERO, Quantity
@@ -251,7 +251,7 @@ class OverheadService:
         if table_id is None:
             table_id = self.table_for(decision.name, arch)
         model, table_json, release = self._model(table_id, decision.name, arch)
-        result = evaluate(model, features, arch, cluster.ratio, cluster.bindings)
+        result = compute_overhead(model, features, arch, cluster.ratio, cluster.bindings)
         return {
             "overhead": result.overhead.to_json(),
             "nodeOverhead": result.node_overhead.to_json(),
@@ -270,7 +270,7 @@ class OverheadService:
         return kubevirt_release(self.tables.get(table_id), self.tables)
 
     def _model(self, table_id: str, hypervisor: str, arch: str) -> tuple[Model, dict[str, Any], str]:
-        """The model to evaluate, the answer's ``table`` entry and the table's KubeVirt version,
+        """The model to sum, the answer's ``table`` entry and the table's KubeVirt version,
         remembered per combination."""
         key = (table_id, hypervisor, arch)
         found = self._models.get(key)
