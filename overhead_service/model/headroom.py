@@ -142,7 +142,6 @@ class UpstreamFigure:
             changes["memory_request"] = Quantity.from_int(request, Format.BINARY_SI)
         if added is not None:
             changes["reserved_overhead"] = Quantity.from_int(added)
-            changes["flags"] = {**self.features.flags, "reservedOverhead": True}
         features = dataclasses.replace(self.features, **changes)
         return compute_overhead(self.model, features, self.arch, self.ratio, {}).overhead.value()
 

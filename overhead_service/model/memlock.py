@@ -245,8 +245,7 @@ def upstream_overhead(model: Model, features: VmiFeatures, arch: str, ratio: flo
     ratio; virt-handler's memlock sum calls ``GetMemoryOverhead`` directly and so never has it.
     """
     if features.passt or features.binding_names:
-        flags = {**features.flags, "passt": False}
-        features = dataclasses.replace(features, passt=False, binding_names=(), flags=flags)
+        features = dataclasses.replace(features, passt=False, binding_names=())
     return compute_overhead(model, features, arch, ratio, {}).overhead
 
 

@@ -16,6 +16,7 @@ Expected values follow the Go code, not the module:
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -433,6 +434,22 @@ def test_everything_at_once() -> None:
     assert (f.passt, f.binding_names) == (True, ("p",))
     assert value(f.memory_request) == value(f.guest_memory) == 4 * Gi
     assert f.reserved_overhead is not None and value(f.reserved_overhead) == Mi
+    assert f.flags == {
+        "graphics": False,
+        "vfio": True,
+        "downwardMetricsVolume": True,
+        "execProbe": True,
+        "sev": True,
+        "tpm": True,
+        "dedicatedCpu": True,
+        "guaranteedQos": True,
+        "dedicatedCpuOrGuaranteedQos": True,
+        "reservedOverhead": True,
+        "passt": True,
+    }
+    # The flags follow the fields of a copy, as headroom and memlock make them.
+    copy = dataclasses.replace(f, passt=False, reserved_overhead=None, dedicated_cpu=False)
+    assert copy.flags == {**f.flags, "passt": False, "reservedOverhead": False, "dedicatedCpu": False}
 
 
 def test_ignores_fields_it_does_not_read() -> None:
