@@ -28,7 +28,7 @@ This module is imported explicitly (``import overhead_service`` does not load re
 from __future__ import annotations
 
 from overhead_service.client.breaker import CircuitBreaker, Permit
-from overhead_service.client.core import LOCAL_FALLBACK, SERVICE, Backoff, OverheadClient
+from overhead_service.client.core import LOCAL_FALLBACK, SERVICE, OverheadClient
 from overhead_service.client.errors import (
     BadRequest,
     BadResponse,
@@ -47,6 +47,7 @@ from overhead_service.client.errors import (
     UnsupportedMediaType,
 )
 from overhead_service.client.fallback import LocalFallback
+from overhead_service.client.transport import Backoff
 
 __all__ = [
     "LOCAL_FALLBACK",

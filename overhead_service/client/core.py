@@ -1,104 +1,32 @@
-"""The HTTP client: pooled connections, bounded time per call, retries only where safe, a circuit
-breaker, and the local fallback for the calls on KubeVirt's VM-start path."""
+"""The client's public face: the API's calls by name, the local fallback for those on KubeVirt's
+VM-start path, and the client's lifecycle.  Sending, retrying and the breaker are
+:mod:`overhead_service.client.transport`'s."""
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import math
 import random
-import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from enum import Enum
 from http.cookiejar import DefaultCookiePolicy
 from types import TracebackType
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
 import requests
-import urllib3
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
-from overhead_service import jsonio
 from overhead_service.client.breaker import CircuitBreaker
-from overhead_service.client.errors import (
-    BadResponse,
-    CircuitOpen,
-    ProblemError,
-    ServerError,
-    ServiceUnavailable,
-    TransportError,
-    problem_error,
-)
+from overhead_service.client.errors import ServiceUnavailable
 from overhead_service.client.fallback import LocalFallback
+from overhead_service.client.transport import Backoff, Policy, Transport, limits
 
-__all__ = ["SERVICE", "LOCAL_FALLBACK", "Backoff", "OverheadClient"]
+__all__ = ["LOCAL_FALLBACK", "SERVICE", "OverheadClient"]
 
 log = logging.getLogger("overhead_service.client")
 
 SERVICE: Final = "service"
 LOCAL_FALLBACK: Final = "local-fallback"
-
-# A proxy's endless page must not exhaust memory; the largest real answer (a 10,000-item batch)
-# is about 8 MB.
-_MAX_ANSWER_BYTES: Final = 256 * 1024 * 1024
-_CHUNK: Final = 64 * 1024
-_TRANSIENT: Final = frozenset({502, 503, 504})
-# An attempt with less time left than this could not get an answer; the call gives up instead.
-_MIN_ATTEMPT: Final = 0.01
-
-
-class _Policy(Enum):
-    """When a failed attempt may be sent again."""
-
-    SAFE = "safe"  # pure computations, reads, idempotent uploads: any transient failure
-    FIT = "fit"  # as SAFE; a retry that races its own first attempt may meet 409 table-exists
-    UNSENT = "unsent"  # not idempotent: only when the request certainly never reached the service
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Delays between attempts: exponential with full jitter, and the service's ``Retry-After``.
-
-    Before retry *n* (1, 2, ...) the client waits a uniformly random time between 0 and
-    ``min(cap, base * 2 ** (n - 1))`` seconds.  A 429 or 503 with ``Retry-After`` waits what the
-    service asked instead, unless that is more than ``max_retry_after`` or beyond the call's
-    deadline: then the call gives up at once rather than sleep in vain.
-    """
-
-    base: float = 0.05
-    cap: float = 1.0
-    max_retry_after: float = 5.0
-
-    def __post_init__(self) -> None:
-        if not (self.base >= 0 and self.cap >= 0 and self.max_retry_after >= 0):
-            raise ValueError("backoff delays must not be negative")
-
-    def delay(self, retry: int, rng: random.Random) -> float:
-        return rng.uniform(0.0, min(self.cap, self.base * 2 ** (retry - 1)))
-
-
-@dataclass(frozen=True, slots=True)
-class _Limits:
-    connect: float
-    read: float
-    deadline: float
-
-
-class _DeadlinePassed(Exception):
-    """The call's deadline passed while the answer was still arriving."""
-
-
-@dataclass(slots=True)
-class _Failed:
-    """One failed attempt: what to raise if it is the last, and whether another may follow."""
-
-    error: ServiceUnavailable | ProblemError
-    retryable: bool
-    retry_after: float | None = None
 
 
 class OverheadClient:
@@ -165,46 +93,59 @@ class OverheadClient:
             raise ValueError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
         if retries < 0:
             raise ValueError("retries must not be negative")
-        self.base_url = base_url.rstrip("/")
-        self.retries = retries
-        self.backoff = backoff if backoff is not None else Backoff()
-        self.breaker: CircuitBreaker | None = (
-            None if breaker is False else breaker if breaker is not None else CircuitBreaker()
-        )
         self.fallback = fallback
         self.local = LocalFallback(default_table=fallback_table, default_arch=fallback_arch)
-        self._read = _limits(timeout, deadline)
-        self._write = _limits(write_timeout, write_deadline)
-        self._rng = rng if rng is not None else random.Random()
-        self._headers = {
+        self._read = limits(timeout, deadline)
+        self._write = limits(write_timeout, write_deadline)
+        headers = {
             "Accept": "application/json, application/problem+json",
             "User-Agent": "overhead-service-client/0.1",
         }
         if token is not None:
-            self._headers["Authorization"] = f"Bearer {token}"
+            headers["Authorization"] = f"Bearer {token}"
         self._owns_session = session is None
         if session is None:
             session = requests.Session()
-            # urllib3 retries nothing itself: every retry decision is made here, by policy.
+            # urllib3 retries nothing itself: every retry decision is made by the transport, by policy.
             adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))  # stateless API
-        self.session = session
+        self._transport = Transport(
+            base_url.rstrip("/"),
+            headers,
+            session,
+            retries=retries,
+            backoff=backoff if backoff is not None else Backoff(),
+            breaker=None if breaker is False else breaker if breaker is not None else CircuitBreaker(),
+            rng=rng if rng is not None else random.Random(),
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self._transport.base_url
+
+    @property
+    def session(self) -> requests.Session:
+        return self._transport.session
+
+    @property
+    def retries(self) -> int:
+        return self._transport.retries
+
+    @property
+    def backoff(self) -> Backoff:
+        return self._transport.backoff
+
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        return self._transport.breaker
 
     # -- the VM-start path: always an answer ------------------------------------------------------
 
     def overhead(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /v1/overhead``: the overhead of one VMI (a request as in the API)."""
-        try:
-            answer = self._call("POST", "/v1/overhead", request, _Policy.SAFE, self._read)
-        except ServiceUnavailable as err:
-            if not self.fallback:
-                raise
-            answer, notes = self.local.overhead(request)
-            return _fallen_back(answer, err, notes, "overhead")
-        answer["source"] = SERVICE
-        return answer
+        return self._answer("/v1/overhead", request, lambda: self.local.overhead(request), "overhead")
 
     def overhead_batch(
         self, items: Iterable[Mapping[str, Any]] | Mapping[str, Iterable[Mapping[str, Any]]]
@@ -213,26 +154,29 @@ class OverheadClient:
 
         ``items``: the requests, or the HTTP body itself (``{"items": [request, ...]}``).
         """
-        items = _batch_items(items)
-        try:
-            answer = self._call("POST", "/v1/overhead/batch", {"items": items}, _Policy.SAFE, self._read)
-        except ServiceUnavailable as err:
-            if not self.fallback:
-                raise
-            answers, notes = self.local.overhead_batch(items)
-            return _fallen_back({"items": answers}, err, notes, "overhead batch")
-        answer["source"] = SERVICE
-        return answer
+        batch = _batch_items(items)
+
+        def local() -> tuple[dict[str, Any], list[str]]:
+            answers, notes = self.local.overhead_batch(batch)
+            return {"items": answers}, notes
+
+        return self._answer("/v1/overhead/batch", {"items": batch}, local, "overhead batch")
 
     def render(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /v1/render``: the launcher pod's compute-container resources for one VMI."""
+        return self._answer("/v1/render", request, lambda: self.local.render(request), "render")
+
+    def _answer(
+        self, path: str, body: Any, local: Callable[[], tuple[dict[str, Any], list[str]]], what: str
+    ) -> dict[str, Any]:
+        """The service's answer to ``POST path``, else (if the client falls back) ``local()``'s."""
         try:
-            answer = self._call("POST", "/v1/render", request, _Policy.SAFE, self._read)
+            answer = self._transport.call("POST", path, body, Policy.SAFE, self._read)
         except ServiceUnavailable as err:
             if not self.fallback:
                 raise
-            answer, notes = self.local.render(request)
-            return _fallen_back(answer, err, notes, "render")
+            answer, notes = local()
+            return _fallen_back(answer, err, notes, what)
         answer["source"] = SERVICE
         return answer
 
@@ -245,15 +189,15 @@ class OverheadClient:
         stored by an attempt whose answer was lost come back as ``duplicates`` of the retry.
         """
         body = {"records": list(records)}
-        return self._call("POST", "/v1/measurements", body, _Policy.SAFE, self._write)
+        return self._transport.call("POST", "/v1/measurements", body, Policy.SAFE, self._write)
 
     def tables(self) -> dict[str, Any]:
         """``GET /v1/tables``: every table's summary, the active ones, and the default."""
-        return self._call("GET", "/v1/tables", None, _Policy.SAFE, self._read)
+        return self._transport.call("GET", "/v1/tables", None, Policy.SAFE, self._read)
 
     def table(self, table_id: str) -> dict[str, Any]:
         """``GET /v1/tables/{id}``: one table document; :class:`NotFound` if there is none."""
-        return self._call("GET", f"/v1/tables/{_segment(table_id)}", None, _Policy.SAFE, self._read)
+        return self._transport.call("GET", f"/v1/tables/{_segment(table_id)}", None, Policy.SAFE, self._read)
 
     def activations(
         self, *, hypervisor: str | None = None, arch: str | None = None, limit: int | None = None
@@ -261,7 +205,7 @@ class OverheadClient:
         """``GET /v1/activations``: the active tables and the history, newest first."""
         params = {"hypervisor": hypervisor, "arch": arch, "limit": limit}
         query = {key: str(value) for key, value in params.items() if value is not None}
-        return self._call("GET", "/v1/activations", None, _Policy.SAFE, self._read, params=query)
+        return self._transport.call("GET", "/v1/activations", None, Policy.SAFE, self._read, params=query)
 
     def fit(
         self,
@@ -293,7 +237,7 @@ class OverheadClient:
         }
         body = {"hypervisor": hypervisor, "arch": arch, "scope": scope}
         body.update({key: value for key, value in fields.items() if value is not None})
-        return self._call("POST", "/v1/fits", body, _Policy.FIT, self._write)
+        return self._transport.call("POST", "/v1/fits", body, Policy.FIT, self._write)
 
     def activate(
         self, table_id: str, hypervisor: str, arch: str, *, force: bool = False, reason: str | None = None
@@ -308,7 +252,7 @@ class OverheadClient:
         if reason is not None:
             body["reason"] = reason
         path = f"/v1/tables/{_segment(table_id)}/activate"
-        return self._call("POST", path, body, _Policy.UNSENT, self._write)
+        return self._transport.call("POST", path, body, Policy.UNSENT, self._write)
 
     def rollback(
         self, table_id: str, hypervisor: str, arch: str, *, reason: str | None = None
@@ -318,7 +262,7 @@ class OverheadClient:
         if reason is not None:
             body["reason"] = reason
         path = f"/v1/tables/{_segment(table_id)}/rollback"
-        return self._call("POST", path, body, _Policy.UNSENT, self._write)
+        return self._transport.call("POST", path, body, Policy.UNSENT, self._write)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -334,217 +278,6 @@ class OverheadClient:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.close()
-
-    # -- one call: attempts, retries, breaker -----------------------------------------------------
-
-    def _call(
-        self,
-        method: str,
-        path: str,
-        body: Any,
-        policy: _Policy,
-        limits: _Limits,
-        *,
-        params: Mapping[str, str] | None = None,
-    ) -> dict[str, Any]:
-        """The decoded JSON answer of ``method path``; raises ProblemError or ServiceUnavailable."""
-        data = None if body is None else jsonio.dumps_bytes(body)  # a TypeError here is the caller's
-        headers = self._headers if data is None else {**self._headers, "Content-Type": "application/json"}
-        url = self.base_url + path
-        end = time.monotonic() + limits.deadline
-        attempts = 0
-        failed: _Failed | None = None
-        for retry in range(self.retries + 1):
-            if failed is not None:
-                if not failed.retryable:
-                    break
-                wait = self._wait(failed, retry, end)
-                if wait is None:
-                    break
-                time.sleep(wait)
-            remaining = end - time.monotonic()
-            if remaining < _MIN_ATTEMPT:
-                break
-            permit = self.breaker.acquire() if self.breaker is not None else None
-            if self.breaker is not None and permit is None:
-                if failed is not None:
-                    break  # opened by this call's own failures: report the last of them
-                wait = self.breaker.retry_in()
-                raise CircuitOpen(f"circuit open after repeated failures (next probe in {wait:.1f} s)")
-            attempts += 1
-            ok = False
-            try:
-                outcome = self._attempt(method, url, data, headers, params, limits, remaining, end, policy)
-                ok = not isinstance(outcome, _Failed)
-            finally:
-                if self.breaker is not None and permit is not None:
-                    if ok:
-                        self.breaker.success(permit)
-                    else:  # a failed attempt, or anything unexpected on the way
-                        self.breaker.failure(permit)
-            if isinstance(outcome, _Failed):
-                failed = outcome
-                continue
-            status, document = outcome
-            if status < 400:
-                return document
-            problem = problem_error(document, status)
-            if policy is _Policy.FIT and retry > 0 and status == 409 and _is_table_exists(document):
-                # A retry raced its own first attempt (still running on the service) to store the
-                # same content-named table; that table is stored now, and asking again returns it.
-                failed = _Failed(problem, retryable=True, retry_after=0.0)
-                continue
-            raise problem
-        if failed is None:  # a deadline too short for even one attempt
-            raise TransportError(f"{method} {url}: deadline of {limits.deadline} s too short to try")
-        if isinstance(failed.error, ServiceUnavailable):
-            failed.error.attempts = attempts
-        raise failed.error
-
-    def _wait(self, failed: _Failed, retry: int, end: float) -> float | None:
-        """Seconds to sleep before retry number ``retry``, or None to give up."""
-        if failed.retry_after is not None:
-            if failed.retry_after > self.backoff.max_retry_after:
-                return None
-            wait = failed.retry_after
-        else:
-            wait = self.backoff.delay(retry, self._rng)
-        return None if time.monotonic() + wait >= end else wait
-
-    def _attempt(
-        self,
-        method: str,
-        url: str,
-        data: bytes | None,
-        headers: Mapping[str, str],
-        params: Mapping[str, str] | None,
-        limits: _Limits,
-        remaining: float,
-        end: float,
-        policy: _Policy,
-    ) -> tuple[int, dict[str, Any]] | _Failed:
-        """One request: ``(status, decoded body)`` for 2xx and 4xx answers, else a :class:`_Failed`."""
-        try:
-            response = self.session.request(
-                method,
-                url,
-                data=data,
-                headers=headers,
-                params=params,
-                timeout=(min(limits.connect, remaining), min(limits.read, remaining)),
-                stream=True,  # read below in chunks, against the deadline
-                allow_redirects=False,
-            )
-        except requests.RequestException as exc:
-            unsent = _never_sent(exc)
-            return _Failed(
-                TransportError(f"{method} {url}: {_describe(exc)}", cause=exc),
-                retryable=unsent or policy is not _Policy.UNSENT,
-            )
-        with response:
-            status = response.status_code
-            try:
-                raw = _read(response, end)
-            except (urllib3.exceptions.HTTPError, OSError) as exc:  # timeout, reset, cut short
-                error = TransportError(
-                    f"{method} {url}: answer {status} cut short: {_describe(exc)}", cause=exc
-                )
-                return _Failed(error, retryable=policy is not _Policy.UNSENT)
-            except _DeadlinePassed as exc:
-                error = TransportError(f"{method} {url}: deadline passed reading the answer", cause=exc)
-                return _Failed(error, retryable=False)
-            except BadResponse as exc:
-                return _Failed(exc, retryable=False)
-            retry_after = _retry_after(response.headers.get("Retry-After"))
-        if status == 429:  # rate limited: the request was not processed
-            return _Failed(
-                ServerError(f"{method} {url}: 429 Too Many Requests", status=429),
-                retryable=True,
-                retry_after=retry_after,
-            )
-        if status >= 500:
-            return _Failed(
-                ServerError(f"{method} {url}: {status} {_snippet(raw)}", status=status),
-                retryable=status in _TRANSIENT and policy is not _Policy.UNSENT,
-                retry_after=retry_after if status == 503 else None,
-            )
-        document = _decode(raw)
-        if 400 <= status < 500:
-            if document is None:  # not a problem document (a proxy's page): keep what it said
-                document = {"title": response.reason or f"HTTP {status}", "detail": _snippet(raw)}
-            return status, document
-        if 200 <= status < 300 and document is not None:
-            return status, document
-        return _Failed(
-            BadResponse(f"{method} {url}: {status} answer is not a JSON object: {_snippet(raw)}"),
-            retryable=False,
-        )
-
-
-def _limits(timeout: float | tuple[float, float], deadline: float) -> _Limits:
-    connect, read = (timeout, timeout) if isinstance(timeout, int | float) else timeout
-    if not (connect > 0 and read > 0 and deadline > 0):
-        raise ValueError("timeouts and deadlines must be positive")
-    return _Limits(float(connect), float(read), float(deadline))
-
-
-def _read(response: requests.Response, end: float) -> bytes:
-    """The whole body, checking the deadline between reads.
-
-    ``read1`` returns whatever has arrived (``iter_content`` would wait for a whole chunk), and
-    each read waits at most the read timeout: a body trickling in costs at most the deadline plus
-    one read timeout.  At the end of the body urllib3 puts the connection back in the pool.
-    """
-    raw = response.raw
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := raw.read1(_CHUNK):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > _MAX_ANSWER_BYTES:
-            raise BadResponse(f"answer larger than {_MAX_ANSWER_BYTES} bytes")
-        if time.monotonic() > end:
-            raise _DeadlinePassed
-    return b"".join(chunks)
-
-
-def _decode(raw: bytes) -> dict[str, Any] | None:
-    try:
-        document = jsonio.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    return document if isinstance(document, dict) else None
-
-
-def _never_sent(exc: requests.RequestException) -> bool:
-    """Whether the request certainly never reached the service (no connection was made)."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return True
-    reason = exc.args[0] if exc.args else None
-    if isinstance(reason, MaxRetryError):
-        reason = reason.reason
-    # NewConnectionError (refused, unreachable) and NameResolutionError subclass ConnectTimeoutError.
-    return isinstance(reason, ConnectTimeoutError)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """``Retry-After`` in seconds (delta-seconds or an HTTP date), None if absent or unreadable."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    seconds = when.timestamp() - time.time()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def _is_table_exists(document: Mapping[str, Any]) -> bool:
-    kind = document.get("type")
-    return isinstance(kind, str) and kind.endswith(":table-exists")
 
 
 def _batch_items(items: Any) -> list[Mapping[str, Any]]:
@@ -580,15 +313,3 @@ def _segment(value: str) -> str:
 
 def _timestamp(value: datetime | str | None) -> str | None:
     return value.isoformat() if isinstance(value, datetime) else value
-
-
-def _describe(exc: BaseException) -> str:
-    reason = exc.args[0] if exc.args else exc
-    if isinstance(reason, MaxRetryError) and reason.reason is not None:
-        reason = reason.reason
-    return f"{type(reason).__name__}: {reason}" if isinstance(reason, BaseException) else str(reason)
-
-
-def _snippet(raw: bytes) -> str:
-    text = raw[:300].decode("utf-8", "replace").strip()
-    return text or "(empty body)"
