@@ -23,6 +23,7 @@ from benchmarks.cluster.readings import GuestReport, NodeSnapshot, PodMemory, me
 
 __all__ = [
     "HostFacts",
+    "SampleFacts",
     "SampleReadings",
     "guest_touched",
     "node_level",
@@ -116,49 +117,49 @@ def _vm(shape: Shape, share: float, report: GuestReport | None) -> dict[str, Any
     return vm
 
 
+@dataclass(frozen=True, slots=True)
+class SampleFacts:
+    """One sample as its records describe it."""
+
+    run_id: str
+    hypervisor: str
+    shape: Shape
+    guest: GuestSettings
+    host: HostFacts
+    readings: SampleReadings
+
+
 def _record(
-    *,
-    run_id: str,
+    sample: SampleFacts,
     sample_id: str,
-    hypervisor: str,
     scope: str,
     raw_bytes: int,
     touched: int,
-    vm: dict[str, Any],
-    host: HostFacts,
-    measured_at: datetime,
+    share: float,
     raw: dict[str, int],
 ) -> dict[str, Any]:
     return {
-        "runId": run_id,
+        "runId": sample.run_id,
         "sampleId": sample_id,
-        "hypervisor": hypervisor,
-        "arch": host.arch,
+        "hypervisor": sample.hypervisor,
+        "arch": sample.host.arch,
         "scope": scope,
         "overheadBytes": raw_bytes - touched,
         "rawBytes": raw_bytes,
         "guestTouchedBytes": touched,
-        "vm": vm,
-        "host": host.as_record(),
-        "measuredAt": timestamp(measured_at),
+        "vm": _vm(sample.shape, share, sample.readings.guest),
+        "host": sample.host.as_record(),
+        "measuredAt": timestamp(sample.readings.measured_at),
         "raw": raw,
     }
 
 
-def pod_record(
-    *,
-    run_id: str,
-    sample_id: str,
-    hypervisor: str,
-    shape: Shape,
-    guest: GuestSettings,
-    host: HostFacts,
-    readings: SampleReadings,
-) -> dict[str, Any]:
+def pod_record(sample: SampleFacts, sample_id: str) -> dict[str, Any]:
     """The scope ``pod`` record of one sample."""
+    readings = sample.readings
     if not readings.pods:
         raise ValueError("no pod readings")
-    touched, share = guest_touched(shape, guest, readings.guest)
+    touched, share = guest_touched(sample.shape, sample.guest, readings.guest)
     raw: dict[str, int] = {
         "podWorkingSet": max(p.pod.working_set for p in readings.pods),
         "podUsage": max(p.pod.usage for p in readings.pods),
@@ -179,18 +180,7 @@ def pod_record(
         raw["guestMemTotal"] = readings.guest.mem_total
         raw["guestMemFree"] = readings.guest.mem_free
         raw["guestMemFreeMin"] = readings.guest.mem_free_min
-    return _record(
-        run_id=run_id,
-        sample_id=sample_id,
-        hypervisor=hypervisor,
-        scope="pod",
-        raw_bytes=raw["podWorkingSet"],
-        touched=touched,
-        vm=_vm(shape, share, readings.guest),
-        host=host,
-        measured_at=readings.measured_at,
-        raw=raw,
-    )
+    return _record(sample, sample_id, "pod", raw["podWorkingSet"], touched, share, raw)
 
 
 def node_level(before: Sequence[NodeSnapshot], during: Sequence[NodeSnapshot]) -> tuple[int, dict[str, int]]:
@@ -214,32 +204,12 @@ def node_level(before: Sequence[NodeSnapshot], during: Sequence[NodeSnapshot]) -
     return lost - explained, raw
 
 
-def node_record(
-    *,
-    run_id: str,
-    sample_id: str,
-    hypervisor: str,
-    shape: Shape,
-    guest: GuestSettings,
-    host: HostFacts,
-    readings: SampleReadings,
-) -> tuple[dict[str, Any] | None, int]:
+def node_record(sample: SampleFacts, sample_id: str) -> tuple[dict[str, Any] | None, int]:
     """The scope ``node`` record (None when the figure is negative) and the figure itself."""
+    readings = sample.readings
     value, raw = node_level(readings.before, readings.during)
     if value < 0:
         return None, value
-    _, share = guest_touched(shape, guest, readings.guest)
+    _, share = guest_touched(sample.shape, sample.guest, readings.guest)
     raw["podWorkingSet"] = max(p.pod.working_set for p in readings.pods)
-    record = _record(
-        run_id=run_id,
-        sample_id=sample_id,
-        hypervisor=hypervisor,
-        scope="node",
-        raw_bytes=value,
-        touched=0,
-        vm=_vm(shape, share, readings.guest),
-        host=host,
-        measured_at=readings.measured_at,
-        raw=raw,
-    )
-    return record, value
+    return _record(sample, sample_id, "node", value, 0, share, raw), value
