@@ -21,10 +21,10 @@ from datetime import UTC, datetime
 from types import FrameType
 
 from benchmarks.cluster.config import SHIPPED_CONFIG, Config, ConfigError, load_config
-from benchmarks.cluster.kube import KubeError, open_client
+from benchmarks.cluster.kube import KubeClient, KubeError, open_client
 from benchmarks.cluster.runner import Benchmark, PreflightError, Terminated
 from benchmarks.cluster.upload import JsonLinesSink, Uploader, UploadError
-from benchmarks.cluster.vmi import vmi_manifest, vmi_name
+from benchmarks.cluster.vmi import sample_manifest
 from overhead_service.kube import Access
 
 __all__ = ["main", "resolve_run_id"]
@@ -106,69 +106,29 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        config = load_config(args.config)
+        config = _configuration(args)
     except ConfigError as err:
         log.error("configuration: %s", err)
         return 2
-    overrides: dict[str, object] = {}
-    if args.node:
-        overrides["pool"] = dataclasses.replace(config.pool, node=args.node)
-    if args.output is not None:
-        overrides["output"] = args.output
-    if args.upload_url is not None:
-        overrides["upload"] = dataclasses.replace(config.upload, url=args.upload_url.rstrip("/"))
-    config = dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
     run_id = args.run_id or resolve_run_id(config, env)
     self_node = args.self_node if args.self_node is not None else env.get("NODE_NAME", "")
-
     if args.dry_run:
         node = config.pool.node or self_node or "NODE"
         for rep in range(1, config.repetitions + 1):
             for shape in config.shapes:
-                manifest = vmi_manifest(
-                    name=vmi_name(run_id, shape, rep),
-                    namespace=config.namespace,
-                    run_id=run_id,
-                    sample=f"{shape.name}-r{rep}",
-                    shape=shape,
-                    guest=config.guest,
-                    pool=config.pool,
-                    node=node,
-                )
-                print(json.dumps(manifest, sort_keys=True))
+                print(json.dumps(sample_manifest(config, run_id, shape, rep, node), sort_keys=True))
         return 0
 
     if not config.upload.url and not config.output:
         log.error("the records would go nowhere: set upload.url and/or output")
         return 2
-    uploader = None
-    if config.upload.url:
-        try:
-            uploader = Uploader(
-                config.upload.url,
-                env.get(config.upload.token_env, "").strip(),
-                retries=config.upload.retries,
-                backoff_seconds=config.upload.backoff_seconds,
-                timeout_seconds=config.upload.timeout_seconds,
-            )
-        except UploadError as err:
-            log.error("%s: set $%s (the Job reads it from a Secret)", err, config.upload.token_env)
-            return 2
-    access = Access(
-        api_server=args.api_server,
-        token_file=args.token_file,
-        ca_file=args.ca_file,
-        kubeconfig=args.kubeconfig,
-        context=args.context,
-        environ=env,
-    )
     try:
-        client = open_client(
-            access,
-            retries=config.api.retries,
-            backoff_seconds=config.api.backoff_seconds,
-            timeout_seconds=config.api.timeout_seconds,
-        )
+        uploader = _uploader(config, env)
+    except UploadError as err:
+        log.error("%s: set $%s (the Job reads it from a Secret)", err, config.upload.token_env)
+        return 2
+    try:
+        client = _client(args, config, env)
     except KubeError as err:
         log.error("%s", err)
         return 2
@@ -191,6 +151,50 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             sink.close()
     log.info("summary: %s", json.dumps(summary.as_dict(), sort_keys=True))
     return summary.exit_code
+
+
+def _configuration(args: argparse.Namespace) -> Config:
+    """The configuration file's settings with the command line's overrides."""
+    config = load_config(args.config)
+    overrides: dict[str, object] = {}
+    if args.node:
+        overrides["pool"] = dataclasses.replace(config.pool, node=args.node)
+    if args.output is not None:
+        overrides["output"] = args.output
+    if args.upload_url is not None:
+        overrides["upload"] = dataclasses.replace(config.upload, url=args.upload_url.rstrip("/"))
+    return dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
+
+
+def _uploader(config: Config, env: Mapping[str, str]) -> Uploader | None:
+    """The uploader to ``upload.url`` with the token from the environment; None without a URL."""
+    if not config.upload.url:
+        return None
+    return Uploader(
+        config.upload.url,
+        env.get(config.upload.token_env, "").strip(),
+        retries=config.upload.retries,
+        backoff_seconds=config.upload.backoff_seconds,
+        timeout_seconds=config.upload.timeout_seconds,
+    )
+
+
+def _client(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> KubeClient:
+    """The Kubernetes client, from the command line's access options and the environment."""
+    access = Access(
+        api_server=args.api_server,
+        token_file=args.token_file,
+        ca_file=args.ca_file,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        environ=env,
+    )
+    return open_client(
+        access,
+        retries=config.api.retries,
+        backoff_seconds=config.api.backoff_seconds,
+        timeout_seconds=config.api.timeout_seconds,
+    )
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from benchmarks.cluster.readings import (
 )
 from benchmarks.cluster.records import HostFacts, SampleFacts, SampleReadings, node_record, pod_record
 from benchmarks.cluster.upload import JsonLinesSink, Uploader, UploadError
-from benchmarks.cluster.vmi import vmi_manifest, vmi_name
+from benchmarks.cluster.vmi import sample_manifest
 from overhead_service.calibration.records import validate_record
 from overhead_service.errors import InputError
 
@@ -177,16 +177,7 @@ class Benchmark:
         """The records of one sample (and the host facts, with the versions learnt on the way)."""
         base = f"{shape.name}-r{rep}"
         before = self.probes.node_snapshots(host.node) if self.config.node_scope else []
-        manifest = vmi_manifest(
-            name=vmi_name(self.run_id, shape, rep),
-            namespace=self.config.namespace,
-            run_id=self.run_id,
-            sample=base,
-            shape=shape,
-            guest=self.config.guest,
-            pool=self.config.pool,
-            node=host.node,
-        )
+        manifest = sample_manifest(self.config, self.run_id, shape, rep, host.node)
         readings, host = self.measure(manifest, host, before)
         records = self.records(base, shape, host, readings)
         for record in records:

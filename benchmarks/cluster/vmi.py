@@ -23,7 +23,7 @@ import hashlib
 import re
 from typing import Any, Final
 
-from benchmarks.cluster.config import GuestSettings, PoolSettings, Shape
+from benchmarks.cluster.config import Config, GuestSettings, PoolSettings, Shape
 
 __all__ = [
     "MANAGED_BY",
@@ -31,6 +31,7 @@ __all__ = [
     "REPORT_PREFIX",
     "RUN_LABEL",
     "run_hash",
+    "sample_manifest",
     "stressor_command",
     "user_data",
     "vmi_manifest",
@@ -128,6 +129,20 @@ def user_data(guest: GuestSettings) -> str:
     return text
 
 
+def sample_manifest(config: Config, run_id: str, shape: Shape, repetition: int, node: str) -> dict[str, Any]:
+    """The VMI of repetition ``repetition`` of ``shape`` in a run of ``config``, pinned to ``node``."""
+    return vmi_manifest(
+        name=vmi_name(run_id, shape, repetition),
+        namespace=config.namespace,
+        run_id=run_id,
+        sample=f"{shape.name}-r{repetition}",
+        shape=shape,
+        guest=config.guest,
+        pool=config.pool,
+        node=node,
+    )
+
+
 def vmi_manifest(
     *,
     name: str,
@@ -140,38 +155,9 @@ def vmi_manifest(
     node: str,
 ) -> dict[str, Any]:
     """The VMI for one sample of ``shape``, pinned to ``node``."""
-    disks: list[dict[str, Any]] = [
-        {"name": CONTAINER_DISK, "disk": {"bus": "virtio"}},
-        {"name": CLOUD_INIT_DISK, "disk": {"bus": "virtio"}},
-    ]
-    devices: dict[str, Any] = {
-        "autoattachGraphicsDevice": shape.graphics,
-        "autoattachMemBalloon": False,
-        "disks": disks,
-    }
-    if guest.touch_detection == "console":
-        devices["logSerialConsole"] = True
-    spec_networks: list[dict[str, Any]] = []
-    if shape.device_set == "kubevirt":
-        devices["interfaces"] = [{"name": "default", "masquerade": {}}]
-        devices["rng"] = {}
-        spec_networks = [{"name": "default", "pod": {}}]
-    else:
-        devices["autoattachPodInterface"] = False
-        devices["interfaces"] = []
-    domain: dict[str, Any] = {
-        "cpu": {"cores": shape.vcpus, "sockets": 1, "threads": 1},
-        "resources": {"requests": {"memory": shape.memory}},
-        "devices": devices,
-    }
-    # As overhead_service.calibration.sample_vmi spells IOThreads: 1 = the shared thread, n > 1 = a pool of n.
-    if shape.io_threads == 1:
-        domain["ioThreadsPolicy"] = "shared"
-    elif shape.io_threads > 1:
-        domain["ioThreadsPolicy"] = "supplementalPool"
-        domain["ioThreads"] = {"supplementalPoolThreadCount": shape.io_threads}
+    devices, networks = _devices(shape, guest)
     spec: dict[str, Any] = {
-        "domain": domain,
+        "domain": _domain(shape, devices),
         "terminationGracePeriodSeconds": 0,
         "evictionStrategy": "None",
         "affinity": {
@@ -183,7 +169,7 @@ def vmi_manifest(
                 }
             }
         },
-        "networks": spec_networks,
+        "networks": networks,
         "volumes": [
             {"name": CONTAINER_DISK, "containerDisk": {"image": guest.image}},
             {"name": CLOUD_INIT_DISK, "cloudInitNoCloud": {"userData": user_data(guest)}},
@@ -207,3 +193,43 @@ def vmi_manifest(
         },
         "spec": spec,
     }
+
+
+def _devices(shape: Shape, guest: GuestSettings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``domain.devices`` and ``spec.networks`` of the shape's device set."""
+    disks: list[dict[str, Any]] = [
+        {"name": CONTAINER_DISK, "disk": {"bus": "virtio"}},
+        {"name": CLOUD_INIT_DISK, "disk": {"bus": "virtio"}},
+    ]
+    devices: dict[str, Any] = {
+        "autoattachGraphicsDevice": shape.graphics,
+        "autoattachMemBalloon": False,
+        "disks": disks,
+    }
+    if guest.touch_detection == "console":
+        devices["logSerialConsole"] = True
+    networks: list[dict[str, Any]] = []
+    if shape.device_set == "kubevirt":
+        devices["interfaces"] = [{"name": "default", "masquerade": {}}]
+        devices["rng"] = {}
+        networks = [{"name": "default", "pod": {}}]
+    else:
+        devices["autoattachPodInterface"] = False
+        devices["interfaces"] = []
+    return devices, networks
+
+
+def _domain(shape: Shape, devices: dict[str, Any]) -> dict[str, Any]:
+    """``spec.domain``: the shape's vCPUs, memory and IOThreads, and ``devices``."""
+    domain: dict[str, Any] = {
+        "cpu": {"cores": shape.vcpus, "sockets": 1, "threads": 1},
+        "resources": {"requests": {"memory": shape.memory}},
+        "devices": devices,
+    }
+    # As overhead_service.calibration.sample_vmi spells IOThreads: 1 = the shared thread, n > 1 = a pool of n.
+    if shape.io_threads == 1:
+        domain["ioThreadsPolicy"] = "shared"
+    elif shape.io_threads > 1:
+        domain["ioThreadsPolicy"] = "supplementalPool"
+        domain["ioThreads"] = {"supplementalPoolThreadCount": shape.io_threads}
+    return domain
