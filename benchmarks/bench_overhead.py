@@ -6,7 +6,7 @@
     served by the same app, at rising concurrency (throughput ratio, p50/p99 latency);
 (c) ``POST /v1/overhead/batch`` with 10,000 VMIs: wall time per VMI, over HTTP and in-process.
 
-Targets (issue 2): throughput ratio >= 0.8 and batch <= 30 µs per VMI.  The load generator is
+Targets: throughput ratio >= 0.8 and batch <= 30 µs per VMI.  The load generator is
 ``wrk`` when it is installed (``make bench`` installs it), else a small Python client; the report
 says which.  Everything runs on loopback and stops by itself.
 
@@ -338,6 +338,33 @@ def bench_batch_in_process(requests: list[dict[str, Any]]) -> float:
 
 
 def main() -> int:
+    args = _parser().parse_args()
+    requests = corpus(10_000)
+    distinct = len({json.dumps(memo_key(r, r["vmi"])) for r in requests})
+    engine = bench_engine(requests[:2000])
+    batch_in_process = bench_batch_in_process(requests)
+    app = bench_app(requests)
+    http = bench_http(
+        requests, args.seconds, [int(n) for n in args.levels.split(",")], args.workers, args.rounds
+    )
+    print(
+        f"# overhead-service benchmark ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, "
+        f"Python {sys.version.split()[0]}, load generator: {http['generator']}, "
+        f"gunicorn workers: {http['workers']})\n"
+    )
+    _print_in_process(engine, app)
+    _print_http(http, batch_in_process, distinct)
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"engine": engine, "app": app, "http": http, "batch_in_process_us": batch_in_process},
+                indent=2,
+            )
+        )
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -348,22 +375,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per level (median kept)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="gunicorn workers")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
+    return parser
 
-    requests = corpus(10_000)
-    distinct = len({json.dumps(memo_key(r, r["vmi"])) for r in requests})
-    engine = bench_engine(requests[:2000])
-    batch_in_process = bench_batch_in_process(requests)
-    app = bench_app(requests)
-    http = bench_http(
-        requests, args.seconds, [int(n) for n in args.levels.split(",")], args.workers, args.rounds
-    )
 
-    print(
-        f"# overhead-service benchmark ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, "
-        f"Python {sys.version.split()[0]}, load generator: {http['generator']}, "
-        f"gunicorn workers: {http['workers']})\n"
-    )
+def _print_in_process(engine: dict[str, float], app: dict[str, float]) -> None:
+    """Sections (a) and (a'): the engine and the app, in this process."""
     print("(a) engine in-process, realistic defaulted VMIs:")
     print(f"    compute, every answer computed          {engine['compute_cold_us']:6.1f} µs/VMI")
     print(f"    compute, answers remembered (memo hit)  {engine['compute_warm_us']:6.1f} µs/VMI")
@@ -375,6 +391,10 @@ def main() -> int:
     for level, label in (("info", "logged (info)  "), ("warning", "dropped (warn.)")):
         print(f"    {label} | {app[f'healthz_{level}_us']:12.1f} | {app[f'overhead_{level}_us']:12.1f}")
     print()
+
+
+def _print_http(http: dict[str, Any], batch_in_process: float, distinct: int) -> None:
+    """Sections (b) and (c), and the targets: gunicorn's throughput and the batch."""
     print("(b) HTTP under gunicorn, POST /v1/overhead vs GET /healthz (same app):")
     print("    conns | healthz req/s | overhead req/s | ratio | overhead p50 ms | p99 ms")
     for row in http["levels"]:
@@ -399,14 +419,6 @@ def main() -> int:
         f"target batch <= {TARGET_BATCH_US:.0f} µs/VMI over HTTP: {http['batch_http_us_per_vmi']:.1f} -> "
         f"{'PASS' if ok_batch else 'FAIL'}"
     )
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"engine": engine, "app": app, "http": http, "batch_in_process_us": batch_in_process},
-                indent=2,
-            )
-        )
-    return 0
 
 
 if __name__ == "__main__":
