@@ -19,12 +19,26 @@ def realistic_vmi(rng: random.Random, index: int) -> dict[str, Any]:
     cores = rng.choice([1, 1, 2, 2, 4, 8, 16])
     dedicated = rng.random() < 0.1
     guaranteed = dedicated or rng.random() < 0.15
-    resources: dict[str, Any] = {"requests": {"memory": memory}}
-    if guaranteed:
-        resources = {
-            "requests": {"memory": memory, "cpu": str(cores)},
-            "limits": {"memory": memory, "cpu": str(cores)},
-        }
+    spec = _spec(index, memory, cores, dedicated, guaranteed, _devices(rng))
+    if rng.random() < 0.1:
+        spec["readinessProbe"] = {"exec": {"command": ["cat", "/tmp/healthy"]}, "initialDelaySeconds": 30}
+    return {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstance",
+        "metadata": {
+            "name": f"vm-{index}",
+            "namespace": rng.choice(["default", "team-a", "team-b"]),
+            "uid": f"0b6d5c7e-0d7a-4a6c-9d1e-{index:012d}",
+            "labels": {"kubevirt.io/vm": f"vm-{index}", "app": rng.choice(["db", "web", "batch"])},
+            "annotations": {"kubevirt.io/latest-observed-api-version": "v1"},
+        },
+        "spec": spec,
+    }
+
+
+def _devices(rng: random.Random) -> dict[str, Any]:
+    """``domain.devices``: two disks, the pod network (masquerade, sometimes passt), sometimes
+    SR-IOV, TPM, a GPU, no graphics."""
     interfaces: list[dict[str, Any]] = [{"name": "default", "masquerade": {}}]
     if rng.random() < 0.1:
         interfaces = [{"name": "default", "passtBinding": {}}]
@@ -44,7 +58,20 @@ def realistic_vmi(rng: random.Random, index: int) -> dict[str, Any]:
         devices["tpm"] = {"persistent": True}
     if rng.random() < 0.03:
         devices["gpus"] = [{"name": "gpu1", "deviceName": "nvidia.com/GA102GL_A10"}]
-    spec: dict[str, Any] = {
+    return devices
+
+
+def _spec(
+    index: int, memory: str, cores: int, dedicated: bool, guaranteed: bool, devices: dict[str, Any]
+) -> dict[str, Any]:
+    """The VMI's spec around ``devices``: guaranteed QoS sets CPU requests and limits."""
+    resources: dict[str, Any] = {"requests": {"memory": memory}}
+    if guaranteed:
+        resources = {
+            "requests": {"memory": memory, "cpu": str(cores)},
+            "limits": {"memory": memory, "cpu": str(cores)},
+        }
+    return {
         "architecture": "amd64",
         "domain": {
             "cpu": {
@@ -62,26 +89,16 @@ def realistic_vmi(rng: random.Random, index: int) -> dict[str, Any]:
             "machine": {"type": "q35"},
         },
         "networks": [{"name": "default", "pod": {}}]
-        + ([{"name": "sriov-net", "multus": {"networkName": "sriov"}}] if len(interfaces) > 1 else []),
+        + (
+            [{"name": "sriov-net", "multus": {"networkName": "sriov"}}]
+            if len(devices["interfaces"]) > 1
+            else []
+        ),
         "terminationGracePeriodSeconds": 180,
         "volumes": [
             {"name": "rootdisk", "containerDisk": {"image": "quay.io/containerdisks/fedora:41"}},
             {"name": "cloudinitdisk", "cloudInitNoCloud": {"userData": "#cloud-config\npassword: fedora\n"}},
         ],
-    }
-    if rng.random() < 0.1:
-        spec["readinessProbe"] = {"exec": {"command": ["cat", "/tmp/healthy"]}, "initialDelaySeconds": 30}
-    return {
-        "apiVersion": "kubevirt.io/v1",
-        "kind": "VirtualMachineInstance",
-        "metadata": {
-            "name": f"vm-{index}",
-            "namespace": rng.choice(["default", "team-a", "team-b"]),
-            "uid": f"0b6d5c7e-0d7a-4a6c-9d1e-{index:012d}",
-            "labels": {"kubevirt.io/vm": f"vm-{index}", "app": rng.choice(["db", "web", "batch"])},
-            "annotations": {"kubevirt.io/latest-observed-api-version": "v1"},
-        },
-        "spec": spec,
     }
 
 
