@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from benchmarks.cluster.config import Timing
@@ -20,23 +21,15 @@ log = logging.getLogger(__name__)
 FINAL_PHASES: Final = ("Failed", "Succeeded")
 
 
+@dataclass(frozen=True, slots=True)
 class VmiLifecycle:
     """Creates, watches and deletes VMIs in ``namespace``, polling every ``timing.poll_seconds``."""
 
-    def __init__(
-        self,
-        client: KubeClient,
-        namespace: str,
-        timing: Timing,
-        *,
-        sleep: Callable[[float], None],
-        clock: Callable[[], float],
-    ) -> None:
-        self.client = client
-        self.namespace = namespace
-        self.timing = timing
-        self._sleep = sleep
-        self._clock = clock
+    client: KubeClient
+    namespace: str
+    timing: Timing
+    sleep: Callable[[float], None]
+    clock: Callable[[], float]
 
     def remove_leftovers(self) -> None:
         """Delete the VMIs an earlier, interrupted run left in the namespace."""
@@ -67,7 +60,7 @@ class VmiLifecycle:
     def wait_running(self, name: str, node: str) -> dict[str, Any]:
         """The VMI once ``Running`` on ``node``; SampleError if it ends, runs elsewhere or takes too long."""
         timing = self.timing
-        deadline = self._clock() + timing.running_seconds
+        deadline = self.clock() + timing.running_seconds
         phase = None
         while True:
             vmi = self.client.vmi(self.namespace, name)
@@ -85,16 +78,16 @@ class VmiLifecycle:
                     for c in status.get("conditions") or []
                 )
                 raise SampleError(f"VMI {name} ended {phase} before it ran ({reasons or 'no conditions'})")
-            if self._clock() > deadline:
+            if self.clock() > deadline:
                 raise SampleError(
                     f"VMI {name} not Running within {timing.running_seconds:g} s (phase {phase})"
                 )
-            self._sleep(timing.poll_seconds)
+            self.sleep(timing.poll_seconds)
 
     def launcher_pod(self, uid: str, node: str) -> dict[str, Any]:
         """The running virt-launcher pod of the VMI with ``uid``, which must be on ``node``."""
         timing = self.timing
-        deadline = self._clock() + timing.running_seconds
+        deadline = self.clock() + timing.running_seconds
         while True:
             listing = self.client.pods(self.namespace, f"kubevirt.io/created-by={uid}")
             for pod in listing.get("items") or []:
@@ -104,16 +97,16 @@ class VmiLifecycle:
                     if (pod.get("spec") or {}).get("nodeName") != node:
                         raise SampleError(f"launcher pod {pod['metadata']['name']} is not on {node}")
                     return dict(pod)
-            if self._clock() > deadline:
+            if self.clock() > deadline:
                 raise SampleError(f"no running virt-launcher pod for VMI uid {uid}")
-            self._sleep(timing.poll_seconds)
+            self.sleep(timing.poll_seconds)
 
     def remove(self, name: str, uid: str) -> None:
         """Delete the VMI (if it exists) and wait until it and its launcher pod are gone."""
         timing = self.timing
         try:
             self.client.delete_vmi(self.namespace, name)
-            deadline = self._clock() + timing.delete_seconds
+            deadline = self.clock() + timing.delete_seconds
             while True:
                 gone = self._gone(name)
                 if gone and uid:
@@ -122,11 +115,11 @@ class VmiLifecycle:
                 if gone:
                     log.info("deleted VMI %s", name)
                     return
-                if self._clock() > deadline:
+                if self.clock() > deadline:
                     raise RunAborted(
                         f"VMI {name} or its launcher pod still there {timing.delete_seconds:g} s after delete"
                     )
-                self._sleep(timing.poll_seconds)
+                self.sleep(timing.poll_seconds)
         except ApiError as err:
             raise RunAborted(f"cannot delete VMI {name}: {err}") from err
 

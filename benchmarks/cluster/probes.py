@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -38,21 +39,14 @@ CONSOLE_TAIL_LINES: Final = 40
 MEMORY_STAT_PATHS: Final = ("/sys/fs/cgroup/memory.stat", "/sys/fs/cgroup/memory/memory.stat")
 
 
+@dataclass(frozen=True, slots=True)
 class SampleProbes:
     """Reads a running sample through ``client`` (pods in ``config.namespace``)."""
 
-    def __init__(
-        self,
-        config: Config,
-        client: KubeClient,
-        *,
-        sleep: Callable[[float], None],
-        clock: Callable[[], float],
-    ) -> None:
-        self.config = config
-        self.client = client
-        self._sleep = sleep
-        self._clock = clock
+    config: Config
+    client: KubeClient
+    sleep: Callable[[float], None]
+    clock: Callable[[], float]
 
     # --- the guest -------------------------------------------------------------------------------
 
@@ -71,9 +65,9 @@ class SampleProbes:
         timing = self.config.timing
         if self.config.guest.touch_detection == "settle":
             log.info("settle period: %g s for the stressor", timing.touch_seconds)
-            self._sleep(timing.touch_seconds)
+            self.sleep(timing.touch_seconds)
             return
-        deadline = self._clock() + timing.touch_seconds
+        deadline = self.clock() + timing.touch_seconds
         while True:
             report = self.console(pod)
             if report is not None and report.state == "touched":
@@ -81,12 +75,12 @@ class SampleProbes:
                 return
             if report is not None and report.state == "failed":
                 raise SampleError("the guest's stressor failed (check the image and guest.stressor)")
-            if self._clock() > deadline:
+            if self.clock() > deadline:
                 last = f"last report: {report}" if report else "no report on the serial console"
                 raise SampleError(
                     f"the guest did not report touched memory within {timing.touch_seconds:g} s ({last})"
                 )
-            self._sleep(timing.poll_seconds)
+            self.sleep(timing.poll_seconds)
 
     def final_report(self, pod: str) -> GuestReport | None:
         """The guest's report after the readings, which must still say ``touched``."""
@@ -112,7 +106,7 @@ class SampleProbes:
 
     def node_snapshots(self, node: str) -> list[NodeSnapshot]:
         """The node before a VMI: ``readings`` snapshots after ``quietSeconds`` of calm."""
-        self._sleep(self.config.timing.quiet_seconds)
+        self.sleep(self.config.timing.quiet_seconds)
         return [node_snapshot(self.summary(node), self.meminfo()) for _ in self._spaced_readings()]
 
     def _spaced_readings(self) -> Iterator[int]:
@@ -120,7 +114,7 @@ class SampleProbes:
         timing = self.config.timing
         for index in range(timing.readings):
             if index:
-                self._sleep(timing.reading_interval_seconds)
+                self.sleep(timing.reading_interval_seconds)
             yield index
 
     def summary(self, node: str) -> dict[str, Any]:

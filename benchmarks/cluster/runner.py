@@ -114,8 +114,8 @@ class Benchmark:
         self._now = now
         self.hypervisor = config.pool.hypervisor
         self.device = DEVICE_PREFIX + self.hypervisor
-        self.vmis = VmiLifecycle(client, config.namespace, config.timing, sleep=sleep, clock=clock)
-        self.probes = SampleProbes(config, client, sleep=sleep, clock=clock)
+        self.vmis = VmiLifecycle(client, config.namespace, config.timing, sleep, clock)
+        self.probes = SampleProbes(config, client, sleep, clock)
 
     # --- the run ---------------------------------------------------------------------------------
 
