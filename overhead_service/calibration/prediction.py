@@ -91,7 +91,7 @@ def _scope_plan(model: tables.Model, scope: str) -> tuple[tables.Step, ...]:
 def predict(model: tables.Model, sample: Sample, arch: str) -> int:
     """Bytes the components of ``sample.scope`` give for the sample's shape, by the engine's code.
 
-    The components are summed as :func:`engine.evaluate` sums them (Go's ``Quantity.Add``), with
+    The components are summed as :func:`engine.compute_overhead` sums them (Go's ``Quantity.Add``), with
     no ratio and no network binding: those are cluster settings, not what was measured.
     """
     features = extract_features(sample_vmi(sample, arch))
