@@ -50,7 +50,13 @@ from benchmarks.measure.libvirt_daemons import (
     stop_process,
 )
 from benchmarks.measure.libvirt_install import LibvirtInstall
-from benchmarks.measure.procfs import KIB, ProcessMemory, guest_ram_rss_kib, process_memory, status_kib
+from benchmarks.measure.procfs import (
+    KIB,
+    ProcessMemory,
+    guest_ram_rss_kib,
+    process_memory,
+    wait_until_rss_settles,
+)
 from benchmarks.measure.runner import FATAL_STDERR, PointFailed, Runner, _host_lock
 
 __all__ = [
@@ -235,7 +241,7 @@ class LibvirtRunner:
         reports = [self._wait_touched(state, point, name, deadline) for name in names]
         qemus = [self._qemu_pid(state, name) for name in names]
         for pid in [daemon.pid, logd.pid, *qemus]:
-            self._settle(pid)
+            wait_until_rss_settles(pid, self.settle_seconds, self.settle_max_seconds)
         return self._read(state, point, repetition, (daemon.pid, logd.pid), qemus, reports, digests, started)
 
     def _cgroups(self, state: _Point, names: list[str]) -> None:
@@ -336,19 +342,6 @@ class LibvirtRunner:
         if len(pids) != 1:
             raise PointFailed(f"{name}: expected QEMU alone in its cgroup, found pids {pids}")
         return pids[0]
-
-    def _settle(self, pid: int) -> None:
-        """Wait until VmRSS has not changed for ``settle_seconds`` (at most ``settle_max_seconds``)."""
-        give_up = time.monotonic() + self.settle_max_seconds
-        last = status_kib(pid).get("VmRSS", 0)
-        stable_since = time.monotonic()
-        while time.monotonic() < give_up:
-            time.sleep(0.1)
-            rss = status_kib(pid).get("VmRSS", 0)
-            if rss != last:
-                last, stable_since = rss, time.monotonic()
-            elif time.monotonic() - stable_since >= self.settle_seconds:
-                return
 
     def _read(
         self,

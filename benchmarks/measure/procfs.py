@@ -8,6 +8,7 @@ processes mapping them (``pssAnon``, ``pssFile``, ``pssShmem`` are its parts); `
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -99,3 +100,18 @@ def guest_ram_rss_kib(pid: int, memory_mib: int) -> int:
             rss = int(line.split()[1])
     close()
     return best_rss
+
+
+def wait_until_rss_settles(pid: int, settle_seconds: float, max_seconds: float) -> None:
+    """Wait until the process's VmRSS has not changed for ``settle_seconds`` (at most ``max_seconds``):
+    the guest has stopped faulting pages in, so the figures read next are its steady state."""
+    give_up = time.monotonic() + max_seconds
+    last = status_kib(pid).get("VmRSS", 0)
+    stable_since = time.monotonic()
+    while time.monotonic() < give_up:
+        time.sleep(0.1)
+        rss = status_kib(pid).get("VmRSS", 0)
+        if rss != last:
+            last, stable_since = rss, time.monotonic()
+        elif time.monotonic() - stable_since >= settle_seconds:
+            return

@@ -32,7 +32,7 @@ from benchmarks.measure.cgroups import CgroupError, CgroupFigures, create_memory
 from benchmarks.measure.config import Point
 from benchmarks.measure.guest import SerialReport, parse_serial
 from benchmarks.measure.host import QemuFiles, evict_page_cache, other_qemus
-from benchmarks.measure.procfs import guest_ram_rss_kib, process_memory, status_kib
+from benchmarks.measure.procfs import guest_ram_rss_kib, process_memory, status_kib, wait_until_rss_settles
 
 __all__ = [
     "Measurement",
@@ -348,7 +348,7 @@ class Runner:
                     raise PointFailed(f"cannot start QEMU in {cgroup.path}: {exc}") from None
             report = self._wait_touched(process, serial, errors, started + bound, bound)
             try:
-                self._settle(process.pid)
+                wait_until_rss_settles(process.pid, self.settle_seconds, self.settle_max_seconds)
                 status = status_kib(process.pid)
                 figures = ProcessFigures(
                     rss=status.get("VmRSS", 0) * KIB,
@@ -418,19 +418,6 @@ class Runner:
                     f"the guest did not report TOUCHED within {bound:.0f} s{_context(text, stderr)}"
                 )
             time.sleep(POLL)
-
-    def _settle(self, pid: int) -> None:
-        """Wait until VmRSS has not changed for ``settle_seconds`` (at most ``settle_max_seconds``)."""
-        give_up = time.monotonic() + self.settle_max_seconds
-        last = status_kib(pid).get("VmRSS", 0)
-        stable_since = time.monotonic()
-        while time.monotonic() < give_up:
-            time.sleep(0.1)
-            rss = status_kib(pid).get("VmRSS", 0)
-            if rss != last:
-                last, stable_since = rss, time.monotonic()
-            elif time.monotonic() - stable_since >= self.settle_seconds:
-                return
 
 
 def _context(serial: str, stderr: str) -> str:
