@@ -100,3 +100,45 @@ def qemu_records(
             )
         )
     return records
+
+
+_DAEMON_BYTES = {"virtqemud": 7 * MIB, "virtlogd": int(2.4 * MIB)}
+
+
+def libvirt_record(
+    scope: str = "qemu", index: int = 0, run: str = "libvirt-1", **overrides: Any
+) -> dict[str, Any]:
+    """A record of the libvirt path (``launcher: libvirt``): a domain's QEMU (scope ``qemu``) or a
+    daemon (``virtqemud``, ``virtlogd``: no guest RAM), one domain under the daemon."""
+    vcpus = 1 + index % 4
+    guest = (1 + index % 4) * GIB
+    libvirt: dict[str, Any] = {
+        "daemon": "virtqemud",
+        "build": "debian-source-build",
+        "mode": "session",
+        "domains": 1,
+        "domainXmlSha256": f"{index % 16:x}" * 64,
+    }
+    if scope == "qemu":
+        touched = guest - 4 * MIB
+        overhead = 19 * MIB + vcpus * MIB // 3 + (index % 4) * 5 * MIB + index % 7 * 4096
+        libvirt["domainIndex"] = 0
+    else:
+        touched = 0
+        overhead = _DAEMON_BYTES[scope] + index % 5 * 4096
+        libvirt["threads"] = 18 if scope == "virtqemud" else 2
+    fields: dict[str, Any] = {
+        "runId": run,
+        "sampleId": f"point-{index}-{scope}",
+        "scope": scope,
+        "launcher": "libvirt",
+        "overheadBytes": overhead,
+        "rawBytes": touched + overhead,
+        "guestTouchedBytes": touched,
+        "vm": {"vcpus": vcpus, "guestMemoryBytes": guest, "graphics": False, "ioThreads": 0},
+        "host": {"libvirt": "9.0.0 (Debian 9.0.0-4+deb12u2)", "qemu": "7.2.22", "cpuModel": "AMD EPYC"},
+        "libvirt": libvirt,
+        "raw": {"rss": overhead + touched + 20 * MIB, "cgroupAnon": overhead},
+    }
+    fields.update(overrides)
+    return record(**fields)

@@ -25,6 +25,7 @@ __all__ = [
     "FIT_REQUIRED",
     "INT64_MAX",
     "Choice",
+    "Digest",
     "Figures",
     "Flag",
     "Integer",
@@ -181,6 +182,19 @@ class Choice(RecordField):
 
     def json_schema(self) -> dict[str, Any]:
         return {"type": "string", "enum": list(self.choices)}
+
+
+class Digest(RecordField):
+    """A SHA-256 digest: 64 lowercase hexadecimal digits."""
+
+    message: Final = "must be 64 lowercase hexadecimal digits (a SHA-256 digest)"
+
+    def check(self, value: Any) -> None:
+        if type(value) is not str or len(value) != 64 or value.strip("0123456789abcdef"):
+            raise Problem(self.message)
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 
 
 class Share(RecordField):

@@ -2,8 +2,10 @@
 
 A record says how much memory one VM used on top of its guest RAM in one *scope* (``qemu``: the
 QEMU process and its kernel page tables; ``pod``: the whole virt-launcher pod; ``node``: memory
-outside the pod attributable to the VM), the raw figures that number came from, the VM's shape and
-the host it ran on. Example (JSON, camelCase)::
+outside the pod attributable to the VM; ``virtqemud`` and ``virtlogd``: the libvirt daemon that
+started the VM's QEMU and its log daemon, as KubeVirt's virt-launcher runs them, one VM per daemon),
+the raw figures that number came from, the VM's shape and the host it ran on. Example (JSON,
+camelCase)::
 
     {"runId": "ci-1234", "sampleId": "vm-007", "hypervisor": "kvm", "arch": "amd64", "scope": "pod",
      "overheadBytes": 283115520, "rawBytes": 1356857344, "guestTouchedBytes": 1073741824,
@@ -29,6 +31,14 @@ The record is defined once, here, as the marshmallow schemas :class:`RecordSchem
 - the fit's columns (:mod:`overhead_service.calibration.samples`): the fields with a
   ``fit_default``, and what an absent one means;
 - ``openapi.yaml``'s ``MeasurementRecord`` must say the same (``tests/calibration/test_records.py``).
+
+Who started QEMU (``launcher``): a ``qemu`` record without it was started directly by the benchmark
+(every record before libvirt-launched ones existed); ``launcher: libvirt`` is QEMU started by a
+libvirt daemon from a domain, as KubeVirt does, and comes with the ``libvirt`` object (which daemon
+binary, how many domains it ran, the domain XML's digest…) and ``host.libvirt``.  The daemon scopes
+are always ``libvirt``; a ``pod`` or ``node`` record has no ``launcher`` (its QEMU is started by
+KubeVirt's own virt-launcher).  A daemon holds no guest RAM: ``guestTouchedBytes`` is 0, so
+``overheadBytes`` is its memory, and ``vm`` is the shape of the domain it ran.
 
 Every check a fit or a report makes of a column is made here first: an ingested record never makes
 a later fit fail.  (So ``overheadBytes`` is not negative: a fit needs the scope's memory.)
@@ -63,6 +73,7 @@ from overhead_service.calibration.record_fields import (
     FIT_REQUIRED,
     INT64_MAX,
     Choice,
+    Digest,
     Figures,
     Flag,
     Integer,
@@ -78,12 +89,15 @@ from overhead_service.errors import InputError, InvalidRecords
 
 __all__ = [
     "ACCELERATORS",
+    "DAEMON_SCOPES",
     "HYPERVISORS",
+    "LAUNCHERS",
     "LEAVES",
     "MAX_BATCH",
     "SCOPES",
     "HostSchema",
     "Leaf",
+    "LibvirtSchema",
     "RecordSchema",
     "VmSchema",
     "parse_timestamp",
@@ -95,7 +109,11 @@ __all__ = [
 MAX_BATCH: Final = 10_000
 
 HYPERVISORS: Final = ("kvm", "mshv")
-SCOPES: Final = ("qemu", "pod", "node")
+SCOPES: Final = ("qemu", "pod", "node", "virtqemud", "virtlogd")
+DAEMON_SCOPES: Final = ("virtqemud", "virtlogd")
+LAUNCHERS: Final = ("direct", "libvirt")
+LIBVIRT_DAEMONS: Final = ("virtqemud", "libvirtd")
+LIBVIRT_MODES: Final = ("session", "system")
 ACCELERATORS: Final = ("kvm", "tcg", "mshv")
 DEVICE_SETS: Final = ("minimal", "kubevirt")
 
@@ -106,6 +124,8 @@ MAX_ID_LENGTH: Final = 200
 MAX_ARCH_LENGTH: Final = 64
 MAX_TEXT_LENGTH: Final = 200
 MAX_RAW_FIGURES: Final = 64
+MAX_DOMAINS: Final = 64  # domains under one libvirt daemon
+MAX_THREADS: Final = 100_000
 
 MAX_OVERHEAD: Final = TIB
 MIN_GUEST_MEMORY: Final = MIB
@@ -157,9 +177,21 @@ class HostSchema(_Object):
     accelerator = Choice(ACCELERATORS, length=8, required=True, store_check=True)
 
 
-def _nested(schema: type[Schema]) -> fields.Nested:
+class LibvirtSchema(_Object):
+    """How libvirt ran a ``launcher: libvirt`` record's QEMU (for a daemon scope: the daemon itself)."""
+
+    daemon = Choice(LIBVIRT_DAEMONS, length=16, required=True, column=False)  # the binary that ran
+    build = Text(MAX_TEXT_LENGTH, required=True, column=False)  # e.g. debian-package
+    mode = Choice(LIBVIRT_MODES, length=8, required=True, column=False)  # session: KubeVirt's non-root
+    domains = Integer(1, MAX_DOMAINS, required=True, column=False)  # under the daemon at once
+    domainIndex = Integer(0, MAX_DOMAINS - 1, column=False)  # scope qemu: which of them
+    domainXmlSha256 = Digest(required=True, column=False)
+    threads = Integer(1, MAX_THREADS, column=False)  # daemon scopes: the daemon's threads
+
+
+def _nested(schema: type[Schema], *, required: bool = True) -> fields.Nested:
     return fields.Nested(
-        schema, required=True, error_messages={"required": "is required", "null": "must be an object"}
+        schema, required=required, error_messages={"required": "is required", "null": "must be an object"}
     )
 
 
@@ -170,12 +202,14 @@ class RecordSchema(_Object):
     sampleId = Text(MAX_ID_LENGTH, required=True)
     hypervisor = Choice(HYPERVISORS, length=16, required=True, store_check=True)
     arch = Text(MAX_ARCH_LENGTH, required=True)
-    scope = Choice(SCOPES, length=8, required=True, store_check=True)
+    scope = Choice(SCOPES, length=16, required=True, store_check=True)
+    launcher = Choice(LAUNCHERS, length=16, store_check=True)  # who started QEMU; absent: direct
     overheadBytes = Integer(0, MAX_OVERHEAD, required=True, fit_default=FIT_REQUIRED)
     rawBytes = Integer(0, INT64_MAX, required=True)
     guestTouchedBytes = Integer(0, INT64_MAX, required=True)
     vm = _nested(VmSchema)
     host = _nested(HostSchema)
+    libvirt = _nested(LibvirtSchema, required=False)
     measuredAt = Timestamp(required=True)
     raw = Figures(MAX_RAW_FIGURES, column=False)  # every raw figure, by name
 
@@ -211,6 +245,44 @@ def _inconsistency(record: Mapping[str, Any]) -> tuple[str, str] | None:
             "host.accelerator",
             f"accelerator {accelerator} does not run hypervisor {hypervisor} (only tcg runs either)",
         )
+    return _launch_inconsistency(record)
+
+
+def _launch_inconsistency(record: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The first rule about who started QEMU (``launcher``, ``libvirt``) that ``record`` breaks."""
+    scope, launcher, libvirt = record["scope"], record.get("launcher"), record.get("libvirt")
+    if scope in DAEMON_SCOPES:
+        if launcher != "libvirt":
+            return "launcher", f"must be libvirt for scope {scope} (a libvirt daemon)"
+        if record["guestTouchedBytes"] != 0:
+            return "guestTouchedBytes", f"must be 0 for scope {scope} (a daemon holds no guest RAM)"
+    elif scope != "qemu" and launcher is not None:
+        return (
+            "launcher",
+            f"is for qemu and daemon records: the QEMU of a {scope} record is started by KubeVirt's virt-launcher",
+        )
+    if launcher == "libvirt":
+        if libvirt is None:
+            return "libvirt", "is required when launcher is libvirt"
+        if "libvirt" not in record["host"]:
+            return "host.libvirt", "is required when launcher is libvirt (the libvirt version)"
+    elif libvirt is not None:
+        return "libvirt", "is only for records with launcher libvirt"
+    if libvirt is None:
+        return None
+    if scope == "qemu":
+        if "threads" in libvirt:
+            return "libvirt.threads", "is for the daemon scopes only"
+        index = libvirt.get("domainIndex")
+        if index is None:
+            return "libvirt.domainIndex", "is required for scope qemu (which of the daemon's domains)"
+        if index >= libvirt["domains"]:
+            return "libvirt.domainIndex", f"must be below libvirt.domains ({libvirt['domains']})"
+        return None
+    if "domainIndex" in libvirt:
+        return "libvirt.domainIndex", "is for scope qemu only"
+    if "threads" not in libvirt:
+        return "libvirt.threads", f"is required for scope {scope} (the daemon's threads)"
     return None
 
 
@@ -221,7 +293,7 @@ def _inconsistency(record: Mapping[str, Any]) -> tuple[str, str] | None:
 class Leaf:
     """One value of the record: a field of the record itself, of ``vm`` or of ``host``."""
 
-    group: str | None  # "vm", "host" or None
+    group: str | None  # "vm", "host", "libvirt" or None
     key: str  # its name in its object
     field: RecordField
 

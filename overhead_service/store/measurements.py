@@ -127,7 +127,13 @@ class MeasurementStore(Database):
         if type(limit) is not int or not 1 <= limit <= _MAX_PAGE:
             raise InputError("limit", f"must be an integer between 1 and {_MAX_PAGE}")
         query = _filtered(
-            hypervisor=hypervisor, arch=arch, scope=scope, run_ids=run_ids, since=since, until=until
+            hypervisor=hypervisor,
+            arch=arch,
+            scope=scope,
+            run_ids=run_ids,
+            since=since,
+            until=until,
+            launcher=None,
         )
         if cursor is not None:
             query = query.where(measurements.c.id > _decode_cursor(cursor))
@@ -147,13 +153,20 @@ class MeasurementStore(Database):
         run_ids: Sequence[str] | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        launcher: str | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Every matching stored record, streamed in id order (server-side cursor on PostgreSQL).
 
         Ids grow with each batch; within a batch they follow the ``(runId, sampleId)`` order.
         """
         query = _filtered(
-            hypervisor=hypervisor, arch=arch, scope=scope, run_ids=run_ids, since=since, until=until
+            hypervisor=hypervisor,
+            arch=arch,
+            scope=scope,
+            run_ids=run_ids,
+            since=since,
+            until=until,
+            launcher=launcher,
         ).order_by(measurements.c.id)
         with self.engine.connect() as conn:
             result = conn.execution_options(yield_per=_STREAM_ROWS).execute(query)
@@ -169,11 +182,18 @@ class MeasurementStore(Database):
         run_ids: Sequence[str] | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        launcher: str | None = None,
     ) -> list[dict[str, Any]]:
         """Every matching stored record (same shape as :meth:`list_measurements` items), for a fit."""
         return list(
             self.iter_measurements(
-                hypervisor=hypervisor, arch=arch, scope=scope, run_ids=run_ids, since=since, until=until
+                hypervisor=hypervisor,
+                arch=arch,
+                scope=scope,
+                run_ids=run_ids,
+                since=since,
+                until=until,
+                launcher=launcher,
             )
         )
 
@@ -186,6 +206,7 @@ class MeasurementStore(Database):
         run_ids: Sequence[str] | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        launcher: str | None = None,
     ) -> dict[str, npt.NDArray[Any]]:
         """The fit inputs of every matching record as numpy columns, in id order: the fast way to
         load 10^6 samples (no JSON decoding, no dict per record).
@@ -201,7 +222,8 @@ class MeasurementStore(Database):
             func.coalesce(m[name], _FIT_DEFAULTS[name]) if m[name].nullable else m[name]
             for name in FIT_COLUMNS
         ]
-        query = _where(select(*selected), hypervisor, arch, scope, run_ids, since, until).order_by(m.id)
+        query = _where(select(*selected), hypervisor, arch, scope, run_ids, since, until, launcher)
+        query = query.order_by(m.id)
         with self.engine.connect() as conn:
             # Raw DBAPI rows (ints, and bools or 0/1): SQLAlchemy's per-row processing would cost
             # more than everything else here.
@@ -222,6 +244,7 @@ class MeasurementStore(Database):
         run_ids: Sequence[str] | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        launcher: str | None = None,
     ) -> dict[str, list[str]]:
         """Every distinct value of each host fact among the matching records, sorted:
         ``{"accelerator", "cpuModel", "kernel", "kubevirt", "libvirt", "node", "qemu"}`` (a fact no
@@ -235,6 +258,7 @@ class MeasurementStore(Database):
             run_ids,
             since,
             until,
+            launcher,
         )
         values: dict[str, set[str]] = {name: set() for name in names}
         with self.engine.connect() as conn:  # one pass: few distinct combinations, however many rows
@@ -243,6 +267,25 @@ class MeasurementStore(Database):
                     if value is not None:
                         values[name].add(value)
         return {name: sorted(found) for name, found in values.items() if found}
+
+    def launcher_counts(
+        self,
+        *,
+        hypervisor: str,
+        arch: str,
+        scope: str,
+        run_ids: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> dict[str, int]:
+        """How many matching records each launcher started (``direct`` for a record without one,
+        as a ``qemu`` record before libvirt-launched ones; pod and node records count as that too)."""
+        launcher = func.coalesce(measurements.c.launcher, "direct")
+        query = _where(
+            select(launcher, func.count()), hypervisor, arch, scope, run_ids, since, until, None
+        ).group_by(launcher)
+        with self.engine.connect() as conn:
+            return {str(name): int(count) for name, count in conn.execute(query)}
 
     def count_measurements(self) -> int:
         """How many records are stored."""
@@ -301,7 +344,7 @@ def _as_json_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _measurement_row(record: dict[str, Any], now: datetime, ingested_by: str | None) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for column_name, group, key, required, timestamp in _STORED:
-        source = record if group is None else record[group]
+        source = record if group is None else record.get(group, {})
         value = source[key] if required else source.get(key)
         row[column_name] = parse_timestamp(value, key) if timestamp else value
     row["record"] = record
@@ -318,10 +361,18 @@ def _filtered(
     run_ids: Sequence[str] | None,
     since: datetime | None,
     until: datetime | None,
+    launcher: str | None,
 ) -> Select[Any]:
     m = measurements.c
     return _where(
-        select(m.id, m.record, m.ingested_at, m.ingested_by), hypervisor, arch, scope, run_ids, since, until
+        select(m.id, m.record, m.ingested_at, m.ingested_by),
+        hypervisor,
+        arch,
+        scope,
+        run_ids,
+        since,
+        until,
+        launcher,
     )
 
 
@@ -333,8 +384,11 @@ def _where(
     run_ids: Sequence[str] | None,
     since: datetime | None,
     until: datetime | None,
+    launcher: str | None,
 ) -> Select[Any]:
     m = measurements.c
+    if launcher is not None:  # a record without one was started directly
+        query = query.where(func.coalesce(m.launcher, "direct") == launcher)
     if hypervisor is not None:
         query = query.where(m.hypervisor == hypervisor)
     if arch is not None:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     Connection,
+    Constraint,
     DateTime,
     Dialect,
     Float,
@@ -36,7 +37,9 @@ from sqlalchemy import (
     func,
     inspect,
     select,
+    text,
 )
+from sqlalchemy.schema import AddConstraint, DropConstraint
 from sqlalchemy.types import TypeEngine
 
 from overhead_service.calibration import record_fields
@@ -145,35 +148,34 @@ def _check(leaf: Leaf) -> CheckConstraint:
 # The measurements table: a column for each record field that has one (calibration.records is the
 # definition: types, lengths, nullability and the CHECKs of fields marked ``store_check``), the
 # whole record as uploaded, and when and by whom it was ingested.  Existing databases keep the
-# column order they were created with; nothing reads columns by position.
-_STORED = [leaf for leaf in LEAVES if leaf.column is not None]
-_CHOICES = [
-    _check(leaf)
-    for leaf in _STORED
-    if leaf.field.store_check and isinstance(leaf.field, record_fields.Choice)
-]
-_RANGES = [
-    _check(leaf)
-    for leaf in _STORED
-    if leaf.field.store_check and isinstance(leaf.field, record_fields.Integer)
-]
+# column order they were created with, except where an upgrade step rebuilt the table; nothing
+# reads columns by position.
+_STORED: Final = [leaf for leaf in LEAVES if leaf.column is not None]
 
-measurements = Table(
-    "measurements",
-    metadata,
-    Column("id", _Id, primary_key=True, autoincrement=True),
-    *(Column(leaf.column, _column_type(leaf.field), nullable=not leaf.field.required) for leaf in _STORED),
-    Column("record", JSON, nullable=False),  # the whole validated record, as uploaded
-    Column("ingested_at", UTCDateTime, nullable=False),
-    Column("ingested_by", String(200)),
-    UniqueConstraint("run_id", "sample_id"),
-    *_CHOICES,
-    # The record's consistency rules that the database can hold by itself.
-    CheckConstraint("raw_bytes >= 0 AND guest_touched_bytes >= 0", name="raw_not_negative"),
-    CheckConstraint("raw_bytes - guest_touched_bytes = overhead_bytes", name="overhead_consistent"),
-    *_RANGES,
-    Index(None, "hypervisor", "arch", "scope", "measured_at"),
-)
+
+def _measurements_table(meta: MetaData, stored: list[Leaf]) -> Table:
+    """The measurements table with the columns of ``stored`` (every stored field, but for upgrade
+    steps that rebuild the table as it was at their version)."""
+    checked = [leaf for leaf in stored if leaf.field.store_check]
+    return Table(
+        "measurements",
+        meta,
+        Column("id", _Id, primary_key=True, autoincrement=True),
+        *(Column(leaf.column, _column_type(leaf.field), nullable=not leaf.field.required) for leaf in stored),
+        Column("record", JSON, nullable=False),  # the whole validated record, as uploaded
+        Column("ingested_at", UTCDateTime, nullable=False),
+        Column("ingested_by", String(200)),
+        UniqueConstraint("run_id", "sample_id"),
+        *(_check(leaf) for leaf in checked if isinstance(leaf.field, record_fields.Choice)),
+        # The record's consistency rules that the database can hold by itself.
+        CheckConstraint("raw_bytes >= 0 AND guest_touched_bytes >= 0", name="raw_not_negative"),
+        CheckConstraint("raw_bytes - guest_touched_bytes = overhead_bytes", name="overhead_consistent"),
+        *(_check(leaf) for leaf in checked if isinstance(leaf.field, record_fields.Integer)),
+        Index(None, "hypervisor", "arch", "scope", "measured_at"),
+    )
+
+
+measurements = _measurements_table(metadata, _STORED)
 
 calibration_tables = Table(
     "calibration_tables",
@@ -209,11 +211,60 @@ activations = Table(
 )
 
 
+def _constraint(table: Table, name: str) -> Constraint:
+    """``table``'s CHECK constraint on the column ``name`` (``ck_measurements_scope`` for ``scope``)."""
+    full = f"ck_{table.name}_{name}"
+    return next(constraint for constraint in table.constraints if constraint.name == full)
+
+
+def _rebuild_sqlite_measurements(conn: Connection, added: set[str]) -> None:
+    """SQLite cannot change a column's constraints in place: rename the table, create it anew from
+    the record's definition (restricted to the columns it had and ``added``, so that a later step
+    still finds its own columns missing), copy every row, ids included, and drop the old table."""
+    inspector = inspect(conn)
+    old = [column["name"] for column in inspector.get_columns(measurements.name)]
+    keep = set(old) | added
+    rebuilt = _measurements_table(
+        MetaData(naming_convention=metadata.naming_convention),
+        [leaf for leaf in _STORED if leaf.column in keep],
+    )
+    for index in inspector.get_indexes(measurements.name):
+        conn.execute(text(f"DROP INDEX {index['name']}"))
+    conn.execute(text("ALTER TABLE measurements RENAME TO measurements_before_upgrade"))
+    rebuilt.create(conn)
+    columns = ", ".join(old)
+    conn.execute(
+        text(f"INSERT INTO measurements ({columns}) SELECT {columns} FROM measurements_before_upgrade")
+    )
+    conn.execute(text("DROP TABLE measurements_before_upgrade"))
+
+
+def _upgrade_to_2(conn: Connection) -> None:
+    """Version 2, libvirt-launched measurements: scopes ``virtqemud`` and ``virtlogd`` (``scope``
+    widened to 16 characters, its CHECK replaced) and the ``launcher`` column with its CHECK.
+    Stored records keep their values (``launcher`` NULL: started directly, or a pod or node)."""
+    if conn.dialect.name == "sqlite":
+        _rebuild_sqlite_measurements(conn, {"launcher"})
+        return
+    # A copy of the definition: AddConstraint marks the constraint it is given as created by ALTER,
+    # and a CREATE TABLE of ``measurements`` would then leave it out.
+    table = _measurements_table(MetaData(naming_convention=metadata.naming_convention), _STORED)
+    scope_type = table.c.scope.type.compile(dialect=conn.dialect)
+    launcher_type = table.c.launcher.type.compile(dialect=conn.dialect)
+    conn.execute(text(f"ALTER TABLE measurements ALTER COLUMN scope TYPE {scope_type}"))
+    conn.execute(DropConstraint(_constraint(table, "scope")))
+    conn.execute(AddConstraint(_constraint(table, "scope")))
+    conn.execute(text(f"ALTER TABLE measurements ADD COLUMN launcher {launcher_type}"))
+    conn.execute(AddConstraint(_constraint(table, "launcher")))
+
+
 # Upgrade steps: version N -> the function that brings a version N-1 database to N, run in order
 # inside create_or_upgrade()'s transaction. A new database gets the latest schema from ``metadata`` at
-# once. Example for a version 2: ``MIGRATIONS = {2: _add_measurements_notes}`` with a function
-# running ``conn.execute(text("ALTER TABLE measurements ADD COLUMN notes TEXT"))``.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+# once. A step is written for the database as its version left it: it adds what its version added
+# (a step after 2 adding a column to SQLite can do it with ALTER TABLE, the rebuild keeps the table
+# as it was). ``tests/store/test_upgrade.py`` upgrades a version 1 database, created from the DDL
+# version 1 wrote, on both databases.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _upgrade_to_2}
 
 SCHEMA_VERSION: Final = max([1, *MIGRATIONS])
 

@@ -12,7 +12,7 @@ from sqlalchemy import inspect
 
 from overhead_service import cli, create_app, gunicorn_conf
 from overhead_service.extensions import get_store
-from overhead_service.store import Store
+from overhead_service.store import SCHEMA_VERSION, Store
 
 
 def _tables(url: str) -> set[str]:
@@ -50,7 +50,7 @@ def test_init_db_creates_the_schema_and_can_run_again(database_url: str) -> None
     for _ in range(2):
         result = runner.invoke(cli.main, ["init-db", "--database-url", database_url])
         assert result.exit_code == 0, result.output
-        assert result.output.startswith("schema version 1 ready in ")
+        assert result.output.startswith(f"schema version {SCHEMA_VERSION} ready in ")
     assert {"schema_version", "state", "measurements", "calibration_tables", "activations"} <= _tables(
         database_url
     )

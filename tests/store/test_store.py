@@ -56,7 +56,7 @@ def test_no_schema_until_created(bare: Store) -> None:
 def test_create_schema_is_idempotent_and_keeps_data(bare: Store) -> None:
     bare.create_schema()
     assert set(inspect(bare.engine).get_table_names()) >= TABLES
-    assert bare.schema_version() == SCHEMA_VERSION == 1
+    assert bare.schema_version() == SCHEMA_VERSION == 2
     assert bare.schema_ready()
     assert bare.state_version() == 0
     bare.add_measurements([record()])
@@ -91,50 +91,50 @@ def test_concurrent_create_schema_calls_agree(bare: Store, database_url: str) ->
     for other in stores:
         other.dispose()
     assert errors == []
-    assert bare.schema_version() == 1 and bare.state_version() == 0
+    assert bare.schema_version() == SCHEMA_VERSION and bare.state_version() == 0
 
 
 def test_upgrade_hook_runs_later_versions_in_order(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     ran: list[int] = []
 
-    def to_2(conn: Any) -> None:
-        ran.append(2)
+    def to_next(conn: Any) -> None:
+        ran.append(SCHEMA_VERSION + 1)
         conn.execute(text("ALTER TABLE measurements ADD COLUMN notes TEXT"))
 
-    def to_3(conn: Any) -> None:
-        ran.append(3)
+    def to_after(conn: Any) -> None:
+        ran.append(SCHEMA_VERSION + 2)
         conn.execute(text("UPDATE measurements SET notes = 'migrated'"))
 
     store.add_measurements([record()])
-    monkeypatch.setattr(schema_module, "MIGRATIONS", {3: to_3, 2: to_2})
-    monkeypatch.setattr(schema_module, "SCHEMA_VERSION", 3)
-    assert not store.schema_ready()  # the code expects version 3 now
+    monkeypatch.setattr(schema_module, "MIGRATIONS", {SCHEMA_VERSION + 2: to_after, SCHEMA_VERSION + 1: to_next})
+    monkeypatch.setattr(schema_module, "SCHEMA_VERSION", SCHEMA_VERSION + 2)
+    assert not store.schema_ready()  # the code expects a later version now
     store.create_schema()
-    assert ran == [2, 3]
-    assert store.schema_version() == 3 and store.schema_ready()
+    assert ran == [SCHEMA_VERSION + 1, SCHEMA_VERSION + 2]
+    assert store.schema_version() == SCHEMA_VERSION + 2 and store.schema_ready()
     with store.engine.connect() as conn:
         assert conn.execute(text("SELECT notes FROM measurements")).scalar_one() == "migrated"
     store.create_schema()
-    assert ran == [2, 3]  # nothing left to run
+    assert ran == [SCHEMA_VERSION + 1, SCHEMA_VERSION + 2]  # nothing left to run
 
 
 def test_a_failed_upgrade_changes_nothing(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    def to_2(conn: Any) -> None:
+    def to_next(conn: Any) -> None:
         conn.execute(text("ALTER TABLE measurements ADD COLUMN notes TEXT"))
         raise RuntimeError("step 2 failed")
 
-    monkeypatch.setattr(schema_module, "MIGRATIONS", {2: to_2})
-    monkeypatch.setattr(schema_module, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(schema_module, "MIGRATIONS", {SCHEMA_VERSION + 1: to_next})
+    monkeypatch.setattr(schema_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     with pytest.raises(RuntimeError, match="step 2 failed"):
         store.create_schema()
-    assert store.schema_version() == 1
+    assert store.schema_version() == SCHEMA_VERSION
     assert "notes" not in {column["name"] for column in inspect(store.engine).get_columns("measurements")}
 
 
 def test_a_schema_newer_than_the_code_is_left_alone(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     with store.engine.begin() as conn:
         conn.execute(text("UPDATE schema_version SET version = 7"))
-    with pytest.raises(RuntimeError, match="version 7, newer than this code's 1"):
+    with pytest.raises(RuntimeError, match="version 7, newer than this code's 2"):
         store.create_schema()
     assert store.schema_version() == 7
     assert not store.schema_ready()
