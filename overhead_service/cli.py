@@ -22,10 +22,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from overhead_service import config as settings
 from overhead_service import jsonio, multiproc, nodecheck
-from overhead_service.calibration.records import parse_timestamp, validate_record
+from overhead_service.calibration.records import LAUNCHERS, SCOPES, parse_timestamp, validate_record
 from overhead_service.calibration.report import UPSTREAM_TABLE, default_target, render_report
 from overhead_service.calibration.samples import SampleArrays
-from overhead_service.calibration.selection import describe_selection
+from overhead_service.calibration.selection import describe_selection, for_scope
 from overhead_service.errors import InputError, UnknownTable, http_status, problem
 from overhead_service.logs import JsonFormatter
 from overhead_service.model.render import render as render_resources
@@ -280,7 +280,14 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 )
 @click.option("--arch", help="Default: the table's fit's, else amd64.")
 @click.option(
-    "--scope", type=click.Choice(["qemu", "pod", "node"]), help="Default: the table's fit's, else qemu."
+    "--scope",
+    "scopes",
+    type=click.Choice(SCOPES),
+    multiple=True,
+    help="Default: the table's fit's, else qemu. Repeat it for several scopes.",
+)
+@click.option(
+    "--launcher", type=click.Choice(LAUNCHERS), help="Only the qemu records started so (direct or libvirt)."
 )
 @click.option("--runs", multiple=True, help="Only these runs (repeat for several; database only).")
 @click.option("--since", help="Only measurements at or after this RFC 3339 time (database only).")
@@ -297,7 +304,8 @@ def report(
     out: Path,
     hypervisor: str | None,
     arch: str | None,
-    scope: str | None,
+    scopes: tuple[str, ...],
+    launcher: str | None,
     runs: tuple[str, ...],
     since: str | None,
     until: str | None,
@@ -317,28 +325,32 @@ def report(
         except UnknownTable as err:
             raise UnknownTable("upstream", err.detail) from None
         default = default_target(document)
-        target = {
+        scope = default[2] if not scopes else scopes[0] if len(scopes) == 1 else scopes
+        selector: dict[str, Any] = {
             "hypervisor": hypervisor or default[0],
             "arch": arch or default[1],
-            "scope": scope or default[2],
+            "scope": scope,
+            "launcher": launcher,
         }
         if records_file is not None:
+            records = read_records(records_file)
+            if launcher is not None:  # a qemu record without a launcher was started directly
+                records = [
+                    r for r in records if r["scope"] != "qemu" or r.get("launcher", "direct") == launcher
+                ]
             page = render_report(
                 document,
-                read_records(records_file),
+                records,
                 upstream_document=upstream_document,
                 source=f"records from {records_file.name}",
-                hypervisor=target["hypervisor"],
-                arch=target["arch"],
-                scope=target["scope"],
+                hypervisor=selector["hypervisor"],
+                arch=selector["arch"],
+                scope=scope,
             )
         else:
-            selector: dict[str, Any] = {
-                **target,
-                "run_ids": list(runs) or None,
-                "since": parse_timestamp(since, "since") if since is not None else None,
-                "until": parse_timestamp(until, "until") if until is not None else None,
-            }
+            selector["run_ids"] = list(runs) or None
+            selector["since"] = parse_timestamp(since, "since") if since is not None else None
+            selector["until"] = parse_timestamp(until, "until") if until is not None else None
             page = _report_from_database(document, upstream_document, selector)
     except InputError as error:
         _fail(error)
@@ -352,29 +364,42 @@ def report(
 def _report_from_database(
     document: dict[str, Any], upstream_document: dict[str, Any], selector: dict[str, Any]
 ) -> str:
-    """The report on the stored measurements ``selector`` picks (exit 1 if they cannot be read)."""
+    """The report on the stored measurements ``selector`` picks, one scope or several."""
+    samples, facts = _stored_samples(selector)
+    single = isinstance(selector["scope"], str)
+    return render_report(
+        document,
+        next(iter(samples.values())) if single else samples,
+        upstream_document=upstream_document,
+        source=describe_selection(selector),
+        measurement_facts=next(iter(facts.values())) if single else facts,
+        hypervisor=selector["hypervisor"],
+        arch=selector["arch"],
+        scope=selector["scope"],
+    )
+
+
+def _stored_samples(selector: dict[str, Any]) -> tuple[dict[str, SampleArrays], dict[str, Any]]:
+    """Each scope's samples and host facts from the database (exit 1 when it cannot be read)."""
+    scope = selector["scope"]
+    scopes = [scope] if isinstance(scope, str) else [one for one in SCOPES if one in scope]
     database_url = _database_url(_settings()["DATABASE_URL"], _url_source())
     store = Store(database_url)
+    samples, facts = {}, {}
     try:
-        columns = store.measurement_columns(**selector)
-        facts = store.host_facts(**selector)
+        for one in scopes:
+            chosen = for_scope(selector, one)
+            columns = store.measurement_columns(**chosen)
+            facts[one] = store.host_facts(**chosen)
+            columns.pop("id")
+            samples[one] = SampleArrays.of(**columns)
     except SQLAlchemyError as exc:
         shown = make_url(database_url).render_as_string(hide_password=True)
         click.echo(f"report: cannot read measurements from {shown}: {exc}", err=True)
         sys.exit(1)
     finally:
         store.dispose()
-    columns.pop("id")
-    return render_report(
-        document,
-        SampleArrays.of(**columns),
-        upstream_document=upstream_document,
-        source=describe_selection(selector),
-        measurement_facts=facts,
-        hypervisor=selector["hypervisor"],
-        arch=selector["arch"],
-        scope=selector["scope"],
-    )
+    return samples, facts
 
 
 def _check_writable(out: Path) -> None:

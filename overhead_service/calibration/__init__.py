@@ -8,7 +8,8 @@ The rooms:
 - :mod:`.records` — the measurement record, defined once as marshmallow schemas of the strict field
   kinds in :mod:`.record_fields` (validation at ingestion; the store's columns and a fit's inputs
   derive from it); :mod:`.values` reads timestamps and storable text for every request;
-- :mod:`.samples` — a record reduced to what a fit reads, alone or as numpy columns;
+- :mod:`.samples` — a record reduced to what a fit reads, alone or as numpy columns (of one scope,
+  or of several fitted together: :mod:`.scopes` says what each scope's samples measure);
 - :mod:`.prediction` — what a model predicts for samples, by the engine's code and vectorised;
 - :mod:`.fitting` — :func:`fit` / :func:`fit_arrays`, in steps: :mod:`.design` (which parameters the
   data identify), :mod:`.nnls`, :mod:`.conformal` (margin and held-out coverage), :mod:`.draft`
@@ -42,7 +43,14 @@ from overhead_service.calibration.records import (
     validate_batch,
     validate_record,
 )
-from overhead_service.calibration.samples import Sample, SampleArrays, sample_from_record, sample_vmi
+from overhead_service.calibration.samples import (
+    Sample,
+    SampleArrays,
+    ScopedSamples,
+    check_scopes,
+    sample_from_record,
+    sample_vmi,
+)
 from overhead_service.calibration.selection import describe_selection
 from overhead_service.calibration.summary import ComponentFit, FitSummary
 
@@ -56,7 +64,9 @@ __all__ = [
     "FitSummary",
     "Sample",
     "SampleArrays",
+    "ScopedSamples",
     "check_activation",
+    "check_scopes",
     "describe_selection",
     "evaluate_table",
     "fit",

@@ -6,7 +6,8 @@ Pure domain logic; the web layer (``web/fits.py``, ``web/tables.py``) and the st
   target, folds, seed and the exact measurements), so asking for the same fit twice names the same
   immutable table instead of storing a copy.
 * A table becomes active for a hypervisor and architecture only when its fit was made for them and
-  its coverage *measured on held-out samples* meets its target with enough samples behind it;
+  its coverage *measured on held-out samples* meets its target (for a fit of several scopes, each
+  scope's too) with enough samples behind it;
   anything else (an upstream table, a table fitted elsewhere) needs ``force`` and a reason, which
   the activation record keeps.  "Meets" allows for sampling error: a conformal margin aims at
   the target, so the measured held-out share lands just above or below it about equally often;
@@ -20,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from overhead_service.errors import ActivationRefused, InputError
@@ -33,26 +34,34 @@ def fit_id(
     parent: str,
     hypervisor: str,
     arch: str,
-    scope: str,
+    scope: str | Sequence[str],
     target: float,
     folds: int,
     seed: int,
     measurement_ids: Iterable[int],
+    launcher: str | None = None,
 ) -> str:
-    """``fit-<hypervisor>-<arch>-<scope>-<12 hex digits>``, the digest of the fit's inputs."""
-    inputs = {
+    """``fit-<hypervisor>-<arch>-<scope>-<12 hex digits>``, the digest of the fit's inputs.
+
+    Several scopes are named one after the other (``fit-kvm-amd64-qemu-virtqemud-virtlogd-…``); a
+    ``launcher`` selection is digested too (a fit without one has the id it always had).
+    """
+    inputs: dict[str, Any] = {
         "parent": parent,
         "hypervisor": hypervisor,
         "arch": arch,
-        "scope": scope,
+        "scope": scope if isinstance(scope, str) else list(scope),
         "target": target,
         "folds": folds,
         "seed": seed,
         "measurements": sorted(measurement_ids),
     }
+    if launcher is not None:
+        inputs["launcher"] = launcher
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
     safe_arch = "any" if arch == "*" else arch
-    return f"fit-{hypervisor}-{safe_arch}-{scope}-{digest}"
+    scopes = scope if isinstance(scope, str) else "-".join(scope)
+    return f"fit-{hypervisor}-{safe_arch}-{scopes}-{digest}"
 
 
 def activation_facts(document: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -61,6 +70,7 @@ def activation_facts(document: Mapping[str, Any]) -> dict[str, Any] | None:
     if not isinstance(fit, Mapping):
         return None
     held_out: Mapping[str, Any] = fit["heldOut"] if isinstance(fit.get("heldOut"), Mapping) else {}
+    per_scope = held_out.get("perScope")  # a fit of several scopes
     return {
         "hypervisor": fit.get("hypervisor"),
         "arch": fit.get("arch"),
@@ -70,6 +80,7 @@ def activation_facts(document: Mapping[str, Any]) -> dict[str, Any] | None:
         "heldOutCovered": held_out.get("covered"),
         "heldOutSamples": held_out.get("samples"),
         "target": fit.get("target"),
+        **({"heldOutPerScope": per_scope} if isinstance(per_scope, Mapping) else {}),
     }
 
 
@@ -119,11 +130,19 @@ def check_activation(
     samples = facts["samples"]
     if type(covered) is not int or type(held_out) is not int or not isinstance(target, int | float):
         problems.append("its fit records no held-out coverage")
-    elif wilson_upper(covered, held_out) < target:
-        problems.append(
-            f"held-out coverage {covered}/{held_out} = {covered / held_out:.4f} is significantly below "
-            f"its target {target}"
-        )
+    else:
+        # Several scopes fitted together: each scope's coverage, as well as all of them together.
+        shares = [("", covered, held_out)] + [
+            (f"{scope}: ", part.get("covered"), part.get("samples"))
+            for scope, part in facts.get("heldOutPerScope", {}).items()
+            if isinstance(part, Mapping)
+        ]
+        for what, hits, count in shares:
+            if type(hits) is int and type(count) is int and wilson_upper(hits, count) < target:
+                problems.append(
+                    f"{what}held-out coverage {hits}/{count} = {hits / count:.4f} is significantly "
+                    f"below its target {target}"
+                )
     if not isinstance(samples, int):
         problems.append(f"its fit records no sample count ({min_samples} samples are required)")
     elif samples < min_samples:

@@ -8,6 +8,7 @@ sample, subtracted from the measurements before the fit.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -27,6 +28,7 @@ __all__ = [
     "MIN_SUPPORT",
     "Design",
     "Parameter",
+    "anchors",
     "identify",
     "kept_bytes",
     "label",
@@ -73,6 +75,11 @@ class Design:
         return next(param for param in self.fitted if param.is_fixed_part)
 
     @property
+    def anchors(self) -> list[Parameter]:
+        """The fitted fixed parts: one per scope."""
+        return [param for param in self.fitted if param.is_fixed_part]
+
+    @property
     def io_thread_columns(self) -> list[int]:
         """Positions of the per-IOThread parameter among the fitted ones (at most one)."""
         return [i for i, param in enumerate(self.fitted) if param.kind == "ioThreads"]
@@ -85,9 +92,22 @@ def label(param: Parameter) -> str:
     return f"{param.component.name}.{param.parameter}"
 
 
-def identify(components: tuple[tables.Component, ...], samples: SampleArrays, arch: str) -> Design:
-    """Which parameters the data identify (:func:`parameters`, screened, then tested for rank)."""
-    params = parameters(components, samples, arch)
+Covers = Sequence[BoolArray | None] | None  # per component: which samples measured it (None: all)
+
+
+def identify(
+    components: tuple[tables.Component, ...],
+    samples: SampleArrays,
+    arch: str,
+    covers: Covers = None,
+    fixed: Sequence[int] | None = None,
+) -> Design:
+    """Which parameters the data identify (:func:`parameters`, screened, then tested for rank).
+
+    ``covers``: per component, which samples' scope covers it (None: every sample's); ``fixed``: the
+    components that take the fixed parts (default: :func:`fixed_part_index`'s one).
+    """
+    params = parameters(components, samples, arch, covers, fixed)
     candidates = _screen(params, len(samples))
     matrix = np.column_stack([param.column for param in candidates if param.column is not None])
     verdicts = _independent(matrix.T @ matrix, [label(param) for param in candidates])
@@ -99,23 +119,37 @@ def identify(components: tuple[tables.Component, ...], samples: SampleArrays, ar
     return Design(params, fitted, matrix)
 
 
-def parameters(components: tuple[tables.Component, ...], samples: SampleArrays, arch: str) -> list[Parameter]:
-    """Every parameter of the scope, the fixed part first, with its column where one exists."""
-    fixed_index = fixed_part_index(components)
+def parameters(
+    components: tuple[tables.Component, ...],
+    samples: SampleArrays,
+    arch: str,
+    covers: Covers = None,
+    fixed: Sequence[int] | None = None,
+) -> list[Parameter]:
+    """Every parameter of the scope(s), the fixed parts first, with its column where one exists."""
+    anchored = frozenset(fixed if fixed is not None else (fixed_part_index(components),))
     params: list[Parameter] = []
     for index, component in enumerate(components):
-        params.extend(_component_parameters(index, component, fixed_index, samples, arch))
-    # The fixed part first: the rank test then judges every other column against it.
-    params.sort(key=lambda param: param.index != fixed_index or param.kind != "fixed")
+        cover = None if covers is None else covers[index]
+        params.extend(_component_parameters(index, component, anchored, samples, arch, cover))
+    # The fixed parts first: the rank test then judges every other column against them.
+    params.sort(key=lambda param: param.index not in anchored or param.kind != "fixed")
     return params
 
 
 def _component_parameters(
-    index: int, component: tables.Component, fixed_index: int, samples: SampleArrays, arch: str
+    index: int,
+    component: tables.Component,
+    anchored: frozenset[int],
+    samples: SampleArrays,
+    arch: str,
+    cover: BoolArray | None,
 ) -> list[Parameter]:
     """The parameters one component offers (none for ``reservedOverhead`` and unknown terms)."""
     term = component.spec.get("term")
     mask = applies(component, samples, arch)
+    if mask is not None and cover is not None:
+        mask = mask & cover
 
     def column(values: NDArray[Any]) -> FloatArray | None:
         return None if mask is None else np.where(mask, values, 0).astype(np.float64)
@@ -125,9 +159,11 @@ def _component_parameters(
 
     if term == "fixed":
         unconditional = component.when_feature is None and component.when_arch is None
-        if index == fixed_index:
-            return [make("quantity", "fixed", "bytes", np.ones(len(samples), np.float64))]
-        if component.name == IO_THREAD and unconditional and np.ptp(samples.io_threads) > 0:
+        if index in anchored:
+            ones = np.ones(len(samples), np.float64) if cover is None else cover.astype(np.float64)
+            return [make("quantity", "fixed", "bytes", ones)]
+        io_threads = samples.io_threads if cover is None else samples.io_threads[cover]
+        if component.name == IO_THREAD and unconditional and len(io_threads) and np.ptp(io_threads) > 0:
             return [make("quantity", "ioThreads", "bytes/IOThread", column(samples.io_threads))]
         if component.when_arch is not None:
             applies_here = "always applies" if component.when_arch == arch else "does not apply"
@@ -137,7 +173,8 @@ def _component_parameters(
         return [make("quantity", "fixed", "bytes", column(np.ones(len(samples))), binary=True)]
     if term == "perVcpu":
         param = make("quantity", "perVcpu", "bytes/vCPU", column(samples.vcpus))
-        offline = int(np.count_nonzero(~samples.vcpus_online))
+        offline_samples = ~samples.vcpus_online if cover is None else ~samples.vcpus_online & cover
+        offline = int(np.count_nonzero(offline_samples))
         if offline:
             param.column, param.reason = None, f"vcpusOnline is false for {offline} samples"
         return [param]
@@ -168,6 +205,34 @@ def fixed_part_index(components: tuple[tables.Component, ...]) -> int:
     if not plain:
         raise InputError("parent", "the scope has no unconditional fixed component to take the fixed part")
     return plain[0]
+
+
+def anchors(
+    components: tuple[tables.Component, ...], covered: Mapping[str, tuple[bool, ...]]
+) -> dict[str, int]:
+    """Per scope, the component that takes its fixed part and its margin.
+
+    One scope: :func:`fixed_part_index`'s.  Several: that among the scope's components that no other
+    of the scopes within it covers (``pod`` with ``qemu``: not ``qemu``'s), so each scope's margin
+    has a component of its own.  ``covered``: per scope, which of ``components`` it covers.
+    """
+    if len(covered) == 1:
+        return {scope: fixed_part_index(components) for scope in covered}
+    found: dict[str, int] = {}
+    for scope, mine in covered.items():
+        inner = [
+            theirs
+            for other, theirs in covered.items()
+            if other != scope and all(m or not t for m, t in zip(mine, theirs, strict=True))
+        ]
+        own = [i for i, m in enumerate(mine) if m and not any(theirs[i] for theirs in inner)]
+        try:
+            found[scope] = own[fixed_part_index(tuple(components[i] for i in own))]
+        except InputError:
+            raise InputError(
+                "scope", f"{scope} has no unconditional fixed component of its own among the scopes fitted"
+            ) from None
+    return found
 
 
 def _screen(params: list[Parameter], count: int) -> list[Parameter]:
@@ -234,14 +299,20 @@ def _parameter_bytes(param: Parameter, samples: SampleArrays, arch: str) -> IntA
 
 
 def kept_bytes(
-    components: tuple[tables.Component, ...], params: list[Parameter], samples: SampleArrays, arch: str
+    components: tuple[tables.Component, ...],
+    params: list[Parameter],
+    samples: SampleArrays,
+    arch: str,
+    covers: Covers = None,
 ) -> IntArray:
-    """What the components and parameters that keep the parent's values add to each sample."""
+    """What the components and parameters that keep the parent's values add to each sample (only
+    to the samples whose scope covers the component, with ``covers``)."""
     total = np.zeros(len(samples), np.int64)
     by_component: dict[int, list[Parameter]] = {}
     for param in params:
         by_component.setdefault(param.index, []).append(param)
     for index, component in enumerate(components):
+        cover = None if covers is None else covers[index]
         own = by_component.get(index)
         if own is None:
             part = component_bytes(component, samples, arch)
@@ -249,9 +320,10 @@ def kept_bytes(
                 raise InputError(
                     "parent", f"component {component.name!r}: condition the samples cannot evaluate"
                 )
-            total += part[0]
+            total += part[0] if cover is None else np.where(cover, part[0], 0)
             continue
         for param in own:
             if param.reason is not None:
-                total += _parameter_bytes(param, samples, arch)
+                kept = _parameter_bytes(param, samples, arch)
+                total += kept if cover is None else np.where(cover, kept, 0)
     return total

@@ -26,13 +26,23 @@ COEFFICIENT_PLACES: Final = 12  # perGuestByte coefficients are rounded up to 1e
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """What a fit is of: the parent table's model for (hypervisor, arch), in one scope."""
+    """What a fit is of: the parent table's model for (hypervisor, arch), in one or more scopes."""
 
     table: tables.Table
     model: tables.Model
     hypervisor: str
     arch: str
-    scope: str
+    scopes: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        """The scopes in words and ids: ``qemu``, ``qemu+virtqemud+virtlogd``."""
+        return "+".join(self.scopes)
+
+    @property
+    def node(self) -> bool:
+        """Whether the fit is of the model's node group (scope ``node``, always alone)."""
+        return self.scopes == ("node",)
 
 
 def coefficient(per_gib: float) -> str:
@@ -44,8 +54,11 @@ def coefficient(per_gib: float) -> str:
     return f"{whole}.{fraction}" if fraction else whole
 
 
-def materialise(fitted: list[Parameter], theta: FloatArray, margin: int, io_max: int) -> list[str]:
-    """The draft's value for each fitted parameter: whole bytes rounded up, the margin in the fixed part."""
+def materialise(
+    fitted: list[Parameter], theta: FloatArray, margins: Mapping[int, int], io_max: int
+) -> list[str]:
+    """The draft's value for each fitted parameter: whole bytes rounded up, each fixed part with
+    its margin (``margins``: by the fixed part's component index)."""
     values: list[str] = []
     for param, estimate in zip(fitted, theta.tolist(), strict=True):
         if param.kind == "perGuestByte":
@@ -53,7 +66,7 @@ def materialise(fitted: list[Parameter], theta: FloatArray, margin: int, io_max:
         elif param.kind == "ioThreads":
             values.append(str(math.ceil(estimate * io_max)))
         elif param.is_fixed_part:
-            values.append(str(math.ceil(estimate) + margin))
+            values.append(str(math.ceil(estimate) + margins[param.index]))
         else:
             values.append(str(math.ceil(estimate)))
     return values
@@ -65,20 +78,26 @@ def draft_table(
     new_id: str,
     fitted: list[Parameter],
     values: list[str],
-    count: int,
+    counts: Mapping[str, int],
+    covered: Mapping[str, tuple[bool, ...]] | None = None,
 ) -> dict[str, Any]:
-    """A copy of the parent with the fitted model for (hypervisor, arch) in place."""
+    """A copy of the parent with the fitted model for (hypervisor, arch) in place.
+
+    ``counts``: the samples of each scope; ``covered``: per scope, which of the fit's components it
+    covers (one scope: all), for each fitted component's note of the measurements behind it.
+    """
     draft = copy.deepcopy(dict(parent))
     entry = _model_entry(draft["models"], target)
-    _mark_measured(entry, target.scope)
-    group: list[dict[str, Any]] = entry["nodeComponents" if target.scope == "node" else "components"]
-    owners = target.model.node_components if target.scope == "node" else target.model.components
+    _mark_measured(entry, target.scopes)
+    group: list[dict[str, Any]] = entry["nodeComponents" if target.node else "components"]
+    owners = target.model.node_components if target.node else target.model.components
     where = {id(component): i for i, component in enumerate(owners)}
     for param, value in zip(fitted, values, strict=True):
         spec = group[where[id(param.component)]]
         _write(spec, param, value)
-        spec["doc"] = f"fitted by {new_id} from {count} {target.scope} measurements"
-    parent_id, hypervisor, arch, scope = target.table.id, target.hypervisor, target.arch, target.scope
+        spec["doc"] = f"fitted by {new_id} from {_behind(param.index, counts, covered)}"
+    parent_id, hypervisor, arch, scope = target.table.id, target.hypervisor, target.arch, target.label
+    count = sum(counts.values())
     draft["id"] = new_id
     draft["builtin"] = False
     draft["parent"] = parent_id
@@ -91,6 +110,13 @@ def draft_table(
     )
     draft["provenance"] = {"kind": "fit", "parent": parent_id, "measured": True}
     return draft
+
+
+def _behind(index: int, counts: Mapping[str, int], covered: Mapping[str, tuple[bool, ...]] | None) -> str:
+    """The measurements behind component ``index``: ``261 qemu measurements``, ``40 pod and 261 qemu …``."""
+    scopes = [scope for scope in counts if covered is None or covered[scope][index]]
+    parts = [f"{counts[scope]} {scope}" for scope in scopes]
+    return f"{' and '.join(parts)} measurements"
 
 
 def _model_entry(models: list[dict[str, Any]], target: Target) -> dict[str, Any]:
@@ -114,13 +140,13 @@ def _model_entry(models: list[dict[str, Any]], target: Target) -> dict[str, Any]
     return entry
 
 
-def _mark_measured(entry: dict[str, Any], scope: str) -> None:
-    """Record ``scope`` as measured; a provisional model stays so until what it charges is measured.
+def _mark_measured(entry: dict[str, Any], scopes: tuple[str, ...]) -> None:
+    """Record ``scopes`` as measured; a provisional model stays so until what it charges is measured.
 
     (mshv: nobody has measured it.) That is the pod's group (scope pod, or qemu for its QEMU part)
     and, if it has one, the node's. A node-only fit still carries upstream's copied pod constants.
     """
-    measured = sorted({*entry.get("measuredScopes", ()), scope})
+    measured = sorted({*entry.get("measuredScopes", ()), *scopes})
     entry["measuredScopes"] = measured
     pod_measured = "pod" in measured or "qemu" in measured
     node_measured = "node" in measured or not entry.get("nodeComponents")

@@ -83,7 +83,15 @@ from overhead_service.calibration.evaluation import (
     quantiles,
 )
 from overhead_service.calibration.prediction import predict, predict_arrays, scope_components, table_model
-from overhead_service.calibration.samples import SHAPE, FloatArray, Sample, SampleArrays, check_scope
+from overhead_service.calibration.samples import (
+    SHAPE,
+    FloatArray,
+    Sample,
+    SampleArrays,
+    ScopedSamples,
+    check_scopes,
+)
+from overhead_service.calibration.scopes import ScopePlan, plan_scopes
 from overhead_service.calibration.summary import FitSummary, component_fits
 from overhead_service.errors import InputError, NotEnoughData, NotInTable
 from overhead_service.model import tables
@@ -108,20 +116,36 @@ def fit(
     *,
     hypervisor: str,
     arch: str,
-    scope: str,
+    scope: str | Sequence[str],
     target: float = 0.995,
     folds: int = 5,
     seed: int = 0,
     new_id: str,
     requested_by: str | None,
     host_facts: Mapping[str, Any] | None = None,
+    launcher: str | None = None,
 ) -> tuple[dict[str, Any], FitSummary]:
     """Fit ``parent``'s model for (hypervisor, arch) to ``samples`` of ``scope``: (draft, summary).
 
-    See the module docstring for the model; :func:`fit_arrays` is the same on columns.
+    ``scope``: one scope, or several fitted together (:mod:`.scopes`).  See the module docstring for
+    the model; :func:`fit_arrays` is the same on columns.
     """
-    check_scope(scope)
-    columns = SampleArrays.from_samples(samples, scope)
+    scopes = check_scopes(scope)
+    columns: SampleArrays | ScopedSamples
+    if len(scopes) == 1:
+        columns = SampleArrays.from_samples(samples, scopes[0])
+    else:
+        for index, one in enumerate(samples):
+            if one.scope not in scopes:
+                raise InputError(
+                    f"measurements[{index}].scope", f"is {one.scope!r}; this fit is for {', '.join(scopes)}"
+                )
+        columns = ScopedSamples.of(
+            {
+                name: SampleArrays.from_samples([one for one in samples if one.scope == name])
+                for name in scopes
+            }
+        )
     return fit_arrays(
         columns,
         parent,
@@ -134,39 +158,48 @@ def fit(
         new_id=new_id,
         requested_by=requested_by,
         host_facts=host_facts,
+        launcher=launcher,
     )
 
 
 def fit_arrays(
-    samples: SampleArrays,
+    samples: SampleArrays | ScopedSamples,
     parent: Mapping[str, Any],
     *,
     hypervisor: str,
     arch: str,
-    scope: str,
+    scope: str | Sequence[str],
     target: float = 0.995,
     folds: int = 5,
     seed: int = 0,
     new_id: str,
     requested_by: str | None,
     host_facts: Mapping[str, Any] | None = None,
+    launcher: str | None = None,
 ) -> tuple[dict[str, Any], FitSummary]:
-    """:func:`fit` on columns, every sample of ``scope``: the entry point for large sets."""
-    _check_arguments(hypervisor, arch, scope, target, folds, seed)
-    what = _fit_target(parent, hypervisor, arch, scope, new_id)
-    options = _Options(target, folds, seed, new_id, requested_by, host_facts)
-    components = scope_components(what.model, scope)
-    _check_sample_count(len(samples), target, folds)
+    """:func:`fit` on columns: every sample of ``scope`` (:class:`SampleArrays`), or of each of
+    several scopes (:class:`ScopedSamples`): the entry point for large sets.  ``launcher``: how the
+    ``qemu`` records were selected (``direct``, ``libvirt``), recorded in the summary when given."""
+    scopes = _check_arguments(hypervisor, arch, scope, target, folds, seed)
+    scoped = _scoped(samples, scopes)
+    what = _fit_target(parent, hypervisor, arch, scopes, new_id)
+    options = _Options(target, folds, seed, new_id, requested_by, host_facts, launcher)
+    for name, count in scoped.counts().items():
+        _check_sample_count(count, target, folds, None if len(scopes) == 1 else name)
+    plan = plan_scopes(what.model, scoped)
     # Which parameters the data identify; the others keep the parent's values.
-    design = identify(components, samples, arch)
-    data = _folds(design, components, samples, arch, folds, seed)
+    design = identify(plan.components, scoped.samples, arch, plan.covers, list(plan.fixed.values()))
+    _check_fixed_parts(design, plan)
+    io_max = _io_max(design, plan, scoped.samples)
+    data = _folds(design, plan, scoped, arch, folds, seed, io_max)
     point = _point_fit(data)
-    conformal = cross_conformal(data, Fraction(str(target)))
-    io_max = int(samples.io_threads.max())
-    values = materialise(design.fitted, point.theta, conformal.margin, io_max)
-    draft = draft_table(parent, what, new_id, design.fitted, values, len(samples))
-    evaluation = _check_draft(draft, what, samples, seed)
-    findings = _Findings(components, design, data, point, conformal, values, io_max)
+    conformal = cross_conformal(data, Fraction(str(target)), plan.margins)
+    margins = {plan.fixed[name]: conformal.margins[i] for i, name in enumerate(scopes)}
+    values = materialise(design.fitted, point.theta, margins, io_max)
+    covered = None if plan.single else plan.covered
+    draft = draft_table(parent, what, new_id, design.fitted, values, scoped.counts(), covered)
+    evaluation = _check_draft(draft, what, scoped, seed)
+    findings = _Findings(plan, design, data, point, conformal, values, io_max)
     summary = _summarise(what, options, findings, evaluation)
     _record_provenance(draft, summary)
     return draft, summary
@@ -182,14 +215,17 @@ class _Options:
     new_id: str
     requested_by: str | None
     host_facts: Mapping[str, Any] | None
+    launcher: str | None
 
 
-def _check_arguments(hypervisor: Any, arch: Any, scope: Any, target: Any, folds: Any, seed: Any) -> None:
+def _check_arguments(
+    hypervisor: Any, arch: Any, scope: Any, target: Any, folds: Any, seed: Any
+) -> tuple[str, ...]:
     if hypervisor not in ("kvm", "mshv"):
         raise InputError("hypervisor", "must be kvm or mshv")
     if not isinstance(arch, str) or not arch or arch == "*":
         raise InputError("arch", "must be the measured architecture (not '*')")
-    check_scope(scope)
+    scopes = check_scopes(scope)
     if (
         not isinstance(target, float | int)
         or isinstance(target, bool)
@@ -201,50 +237,83 @@ def _check_arguments(hypervisor: Any, arch: Any, scope: Any, target: Any, folds:
         raise InputError("folds", f"must be an integer between 2 and {MAX_FOLDS}")
     if type(seed) is not int or seed < 0:
         raise InputError("seed", "must be a non-negative integer")
+    return scopes
 
 
-def _fit_target(parent: Mapping[str, Any], hypervisor: str, arch: str, scope: str, new_id: Any) -> Target:
-    """The parent's model the fit replaces, checked to have components in ``scope``."""
+def _scoped(samples: SampleArrays | ScopedSamples, scopes: tuple[str, ...]) -> ScopedSamples:
+    """``samples`` as :class:`ScopedSamples` of exactly ``scopes``."""
+    if isinstance(samples, SampleArrays):
+        if len(scopes) != 1:
+            raise InputError("scope", "several scopes need ScopedSamples (which scope each sample is of)")
+        return ScopedSamples.of({scopes[0]: samples})
+    if samples.scopes != scopes:
+        raise InputError("scope", f"the samples are of {', '.join(samples.scopes)}, not {', '.join(scopes)}")
+    return samples
+
+
+def _fit_target(
+    parent: Mapping[str, Any], hypervisor: str, arch: str, scopes: tuple[str, ...], new_id: Any
+) -> Target:
+    """The parent's model the fit replaces, checked to have components in every scope."""
     if not isinstance(new_id, str) or not new_id:
         raise InputError("id", "the new table needs a non-empty string id")
     table, model = table_model(parent, hypervisor, arch, path="parent")
     if new_id == table.id:
         raise InputError("id", "the new table needs an id of its own (tables are immutable)")
-    if not scope_components(model, scope):
-        raise NotInTable(
-            "parent", f"model {hypervisor}/{model.arch} of {table.id!r} has no {scope} components"
-        )
-    return Target(table, model, hypervisor, arch, scope)
+    for scope in scopes:
+        if not scope_components(model, scope):
+            raise NotInTable(
+                "parent", f"model {hypervisor}/{model.arch} of {table.id!r} has no {scope} components"
+            )
+    return Target(table, model, hypervisor, arch, scopes)
 
 
-def _check_sample_count(count: int, target: float, folds: int) -> None:
+def _check_sample_count(count: int, target: float, folds: int, scope: str | None) -> None:
     needed = minimum_samples(target, folds)
     if count < needed:
+        what = "samples" if scope is None else f"{scope} samples"
         raise NotEnoughData(
             "measurements",
-            f"{count} samples; a fit with target {target} and {folds} folds needs at least {needed}",
+            f"{count} {what}; a fit with target {target} and {folds} folds needs at least {needed}",
         )
+
+
+def _check_fixed_parts(design: Design, plan: ScopePlan) -> None:
+    """Every scope's fixed part is identified (one scope's always is: it is the intercept)."""
+    fitted = {param.index for param in design.anchors}
+    for scope, index in plan.fixed.items():
+        if index not in fitted:
+            raise NotEnoughData(
+                "measurements",
+                f"the fixed part of {scope} ({plan.components[index].name}) is not identified by the samples",
+            )
+
+
+def _io_max(design: Design, plan: ScopePlan, samples: SampleArrays) -> int:
+    """The most IOThreads among the samples that measured the per-IOThread cost (all: one scope)."""
+    columns = design.io_thread_columns
+    cover = plan.cover(design.fitted[columns[0]].index) if columns else None
+    io_threads = samples.io_threads if cover is None else samples.io_threads[cover]
+    return int(io_threads.max()) if len(io_threads) else 0
 
 
 def _folds(
-    design: Design,
-    components: tuple[tables.Component, ...],
-    samples: SampleArrays,
-    arch: str,
-    folds: int,
-    seed: int,
+    design: Design, plan: ScopePlan, scoped: ScopedSamples, arch: str, folds: int, seed: int, io_max: int
 ) -> Folds:
     """The fit's data cut into folds: the fitted columns, and what they must explain (the measured
     bytes minus what the kept parameters add).  In the table's form the IOThread column is flat at
     the most IOThreads measured (the margin is calibrated on what the table will compute)."""
+    samples = scoped.samples
     measured = samples.overhead_bytes.astype(np.float64)
-    explained = measured - kept_bytes(components, design.parameters, samples, arch)
+    explained = measured - kept_bytes(plan.components, design.parameters, samples, arch, plan.covers)
     table_matrix = None
     io_columns = design.io_thread_columns
     if io_columns:
         table_matrix = design.matrix.copy()
-        table_matrix[:, io_columns[0]] = int(samples.io_threads.max())
-    return Folds.build(design.matrix, table_matrix, explained, measured, folds, seed)
+        cover = plan.cover(design.fitted[io_columns[0]].index)
+        table_matrix[:, io_columns[0]] = io_max if cover is None else np.where(cover, io_max, 0)
+    groups = None if plan.single else scoped.scope_index
+    return Folds.build(design.matrix, table_matrix, explained, measured, folds, seed, groups)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,13 +339,20 @@ def _point_fit(data: Folds) -> _PointFit:
     return _PointFit(theta, residuals, sigma, errors)
 
 
-def _check_draft(draft: dict[str, Any], what: Target, samples: SampleArrays, seed: int) -> dict[str, Any]:
-    """Compile the draft, check its vectorised predictions against the engine, evaluate it in-sample."""
+def _check_draft(draft: dict[str, Any], what: Target, scoped: ScopedSamples, seed: int) -> dict[str, Any]:
+    """Compile the draft, check its vectorised predictions against the engine, evaluate it in-sample
+    (several scopes: scope by scope)."""
     compiled = tables.compile_table(draft)
     new_model = compiled.model_for(what.hypervisor, what.arch)
     assert new_model is not None and new_model.arch == what.arch
-    _self_check(new_model, what.scope, samples, what.arch, seed)
-    return evaluate_table(compiled, samples, hypervisor=what.hypervisor, arch=what.arch, scope=what.scope)
+    evaluations = {}
+    for scope in what.scopes:
+        part = scoped.part(scope)
+        _self_check(new_model, scope, part, what.arch, seed)
+        evaluations[scope] = evaluate_table(
+            compiled, part, hypervisor=what.hypervisor, arch=what.arch, scope=scope
+        )
+    return evaluations[what.scopes[0]] if len(what.scopes) == 1 else evaluations
 
 
 def _self_check(model: tables.Model, scope: str, samples: SampleArrays, arch: str, seed: int) -> None:
@@ -297,7 +373,7 @@ def _self_check(model: tables.Model, scope: str, samples: SampleArrays, arch: st
 class _Findings:
     """What the fit's steps found, for the summary."""
 
-    components: tuple[tables.Component, ...]
+    plan: ScopePlan
     design: Design
     data: Folds
     point: _PointFit
@@ -307,34 +383,63 @@ class _Findings:
 
 
 def _summarise(what: Target, options: _Options, found: _Findings, evaluation: dict[str, Any]) -> FitSummary:
-    design, point, conformal = found.design, found.point, found.conformal
+    design, point, conformal, plan, data = found.design, found.point, found.conformal, found.plan, found.data
+    single = plan.single
+    held_out = np.concatenate(conformal.out_of_fold)
     return FitSummary(
         table_id=options.new_id,
         parent_id=what.table.id,
         hypervisor=what.hypervisor,
         arch=what.arch,
-        scope=what.scope,
+        scope=what.scopes[0] if single else list(what.scopes),
         target=options.target,
         folds=options.folds,
         seed=options.seed,
-        n=len(found.data.y),
+        n=len(data.y),
         requested_by=options.requested_by,
         host_facts=options.host_facts,
-        fixed_part=design.fixed_part.component.name,
-        margin_bytes=conformal.margin,
+        fixed_part=(
+            design.fixed_part.component.name
+            if single
+            else {scope: plan.components[index].name for scope, index in plan.fixed.items()}
+        ),
+        margin_bytes=conformal.margin if single else dict(zip(plan.scopes, conformal.margins, strict=True)),
         sigma_bytes=point.sigma,
         components=component_fits(
-            found.components, design.parameters, design.fitted, point.theta, point.errors, found.values
+            plan.components, design.parameters, design.fitted, point.theta, point.errors, found.values
         ),
-        residuals={
-            "inSample": quantiles(point.residuals, RESIDUAL_LEVELS),
-            "heldOut": quantiles(np.concatenate(conformal.out_of_fold), RESIDUAL_LEVELS),
-        },
-        held_out=conformal.held_out_json(options.target),
-        over_provisioning=over_provisioning(conformal.over, found.data.measured),
+        residuals=_residuals(found, held_out),
+        held_out=conformal.held_out_json(options.target, data.groups),
+        over_provisioning=(
+            over_provisioning(conformal.over, data.measured)
+            if single
+            else {
+                scope: over_provisioning(conformal.over[data.groups == g], data.measured[data.groups == g])
+                for g, scope in enumerate(plan.scopes)
+                if data.groups is not None
+            }
+        ),
         evaluation=evaluation,
-        warnings=_warnings(design, point, conformal, options.target, found.io_max),
+        warnings=_warnings(found, options.target),
+        launcher=options.launcher,
     )
+
+
+def _residuals(found: _Findings, held_out: FloatArray) -> dict[str, Any]:
+    """Residual quantiles in sample and held out (several scopes: per scope)."""
+    if found.plan.single or found.data.groups is None:
+        return {
+            "inSample": quantiles(found.point.residuals, RESIDUAL_LEVELS),
+            "heldOut": quantiles(held_out, RESIDUAL_LEVELS),
+        }
+    groups = found.data.groups
+    return {
+        scope: {
+            "inSample": quantiles(found.point.residuals[groups == g], RESIDUAL_LEVELS),
+            "heldOut": quantiles(held_out[groups == g], RESIDUAL_LEVELS),
+        }
+        for g, scope in enumerate(found.plan.scopes)
+    }
 
 
 def _record_provenance(draft: dict[str, Any], summary: FitSummary) -> None:
@@ -354,25 +459,31 @@ def _record_provenance(draft: dict[str, Any], summary: FitSummary) -> None:
     draft["fit"] = summary.to_json()
 
 
-def _warnings(
-    design: Design, point: _PointFit, conformal: CrossConformal, target: float, io_max: int
-) -> list[str]:
-    """What a reviewer should look at: parameters at the zero bound, coverage short of the target,
-    the flat IOThread cost."""
+def _warnings(found: _Findings, target: float) -> list[str]:
+    """What a reviewer should look at: fixed parts or parameters at the zero bound, coverage short of
+    the target (several scopes: any scope's), the flat IOThread cost."""
+    design, point, conformal, plan = found.design, found.point, found.conformal, found.plan
     warnings = []
-    anchor = design.fixed_part
-    if point.theta[design.fitted.index(anchor)] <= 0:
-        warnings.append(
-            f"the fixed part {anchor.component.name!r} hit zero: the constants kept from the parent "
-            "already exceed the measured fixed overhead"
-        )
+    for anchor in design.anchors:
+        if point.theta[design.fitted.index(anchor)] <= 0:
+            warnings.append(
+                f"the fixed part {anchor.component.name!r} hit zero: the constants kept from the parent "
+                "already exceed the measured fixed overhead"
+            )
     for i, param in enumerate(design.fitted):
-        if param is not anchor and point.theta[i] <= 0:
+        if not param.is_fixed_part and point.theta[i] <= 0:
             warnings.append(f"{label(param)} fitted to zero (the non-negativity bound is active)")
     if conformal.coverage < target:
         warnings.append(f"held-out coverage {conformal.coverage:.4f} is below the target {target}")
+    if not plan.single:
+        per_scope = conformal.held_out_json(target, found.data.groups).get("perScope", {})
+        for scope, held in per_scope.items():
+            if held["coverage"] < target:
+                coverage = held["coverage"]
+                warnings.append(f"{scope}: held-out coverage {coverage:.4f} is below the target {target}")
     if design.io_thread_columns:
         warnings.append(
-            f"{IO_THREAD}: no per-IOThread term in the table format; written flat for {io_max} IOThreads"
+            f"{IO_THREAD}: no per-IOThread term in the table format; "
+            f"written flat for {found.io_max} IOThreads"
         )
     return warnings

@@ -1,6 +1,7 @@
 """What a table's model predicts for samples: by the engine's own code, and vectorised.
 
-A scope's overhead is the sum of the model's components in that scope (:data:`SCOPE_COMPONENTS`).
+A scope's overhead is the sum of the model's components in that scope (:data:`SCOPE_COMPONENTS`);
+a fit of several scopes uses the components of any of them (:func:`covered_components`).
 :func:`predict` runs the real engine on :func:`~overhead_service.calibration.samples.sample_vmi`'s
 VMI; :func:`predict_arrays` gives the same numbers for many samples at once, exactly (integer
 arithmetic, and the engine itself for what cannot be vectorised exactly).
@@ -34,6 +35,7 @@ __all__ = [
     "applies",
     "ceil_mul",
     "component_bytes",
+    "covered_components",
     "predict",
     "predict_arrays",
     "scope_components",
@@ -44,6 +46,8 @@ SCOPE_COMPONENTS: Final[Mapping[str, tuple[str, ...] | None]] = {
     "qemu": ("pagetables", "qemu", "vcpus", "ioThread", "video", "pflash"),
     "pod": None,  # every pod component
     "node": None,  # the node-level group (nodeComponents)
+    "virtqemud": ("virtqemud",),  # the libvirt daemon that starts QEMU
+    "virtlogd": ("virtlogd",),  # its log daemon
 }
 _START: Final = Quantity.scaled(0, KILO)  # the engine's accumulator
 
@@ -75,6 +79,17 @@ def scope_components(model: tables.Model, scope: str) -> tuple[tables.Component,
     if names is None:
         return model.components
     return tuple(component for component in model.components if component.name in names)
+
+
+def covered_components(
+    model: tables.Model, scopes: tuple[str, ...]
+) -> tuple[tuple[tables.Component, ...], dict[str, tuple[bool, ...]]]:
+    """The components a fit of ``scopes`` uses (those of any of them, in the model's order) and, per
+    scope, which of them its measurements cover."""
+    members = {scope: {id(component) for component in scope_components(model, scope)} for scope in scopes}
+    group = model.node_components if scopes == ("node",) else model.components
+    used = tuple(component for component in group if any(id(component) in m for m in members.values()))
+    return used, {scope: tuple(id(component) in members[scope] for component in used) for scope in scopes}
 
 
 def _scope_plan(model: tables.Model, scope: str) -> tuple[tables.Step, ...]:

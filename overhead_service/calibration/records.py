@@ -259,7 +259,7 @@ def _launch_inconsistency(record: Mapping[str, Any]) -> tuple[str, str] | None:
     elif scope != "qemu" and launcher is not None:
         return (
             "launcher",
-            f"is for qemu and daemon records: the QEMU of a {scope} record is started by KubeVirt's virt-launcher",
+            f"is for qemu and daemon records: KubeVirt's virt-launcher starts the QEMU of a {scope} record",
         )
     if launcher == "libvirt":
         if libvirt is None:

@@ -1,8 +1,9 @@
 """Samples: one measurement reduced to what a fit reads, alone (:class:`Sample`) or as columns.
 
 :class:`SampleArrays` holds the samples of one scope as numpy columns, the fast way in for large
-sets; :func:`sample_from_record` reads an ingestion record, :func:`sample_vmi` spells a sample's
-shape as the VirtualMachineInstance the engine reads.  Pure domain code (numpy only).
+sets, and :class:`ScopedSamples` those of several scopes fitted together; :func:`sample_from_record`
+reads an ingestion record, :func:`sample_vmi` spells a sample's shape as the VirtualMachineInstance
+the engine reads.  Pure domain code (numpy only).
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ __all__ = [
     "IntArray",
     "Sample",
     "SampleArrays",
+    "ScopedSamples",
     "check_scope",
+    "check_scopes",
     "sample_from_record",
     "sample_vmi",
 ]
@@ -49,7 +52,7 @@ MAX_IO_THREADS: Final = 1 << 16
 class Sample:
     """One measurement, reduced to what the fit needs."""
 
-    scope: str  # "qemu" | "pod" | "node"
+    scope: str  # one of SCOPES
     overhead_bytes: int
     vcpus: int
     guest_memory_bytes: int
@@ -127,6 +130,28 @@ def check_scope(scope: Any, path: str = "scope") -> str:
     if scope not in SCOPES:
         raise InputError(path, f"must be one of {', '.join(SCOPES)}, not {scope!r}")
     return str(scope)
+
+
+def check_scopes(scope: Any, path: str = "scope") -> tuple[str, ...]:
+    """The scopes a fit uses: ``scope`` (one of :data:`SCOPES`) or a non-empty array of distinct
+    ones, in :data:`SCOPES` order; else an :class:`InputError` at ``path``.
+
+    ``node`` is measured outside the pod, against the model's node group: it is fitted alone, named
+    as a string.
+    """
+    if isinstance(scope, str):
+        return (check_scope(scope, path),)
+    if type(scope) not in (list, tuple) or not scope:
+        raise InputError(path, f"must be one of {', '.join(SCOPES)}, or a non-empty array of them")
+    for index, one in enumerate(scope):
+        check_scope(one, f"{path}[{index}]")
+        if one in scope[:index]:
+            raise InputError(f"{path}[{index}]", f"{one!r} is given twice")
+        if one == "node":
+            raise InputError(
+                f"{path}[{index}]", "node is fitted alone (the node's components): name it as a string"
+            )
+    return tuple(one for one in SCOPES if one in scope)
 
 
 def sample_from_record(record: Mapping[str, Any], *, path: str = "") -> Sample:
@@ -252,6 +277,49 @@ class SampleArrays:
 
 if [field.name for field in dataclasses.fields(SampleArrays)] != [column.name for column in COLUMNS]:
     raise TypeError("SampleArrays' fields must be Sample's (scope excepted), in the same order")
+
+
+@dataclass(frozen=True, slots=True)
+class ScopedSamples:
+    """Samples of one or more scopes, fitted together: every scope's columns one after the other
+    (in ``scopes`` order) and, per sample, the position of its scope in ``scopes``."""
+
+    scopes: tuple[str, ...]
+    samples: SampleArrays
+    scope_index: IntArray
+
+    @classmethod
+    def of(cls, by_scope: Mapping[str, SampleArrays]) -> ScopedSamples:
+        """The samples of each scope (keys in :data:`SCOPES` order, as :func:`check_scopes` gives)."""
+        scopes = tuple(by_scope)
+        if len(scopes) == 1:  # no copy
+            only = by_scope[scopes[0]]
+            return cls(scopes, only, np.zeros(len(only), np.int64))
+        parts = [by_scope[scope] for scope in scopes]
+        columns = {
+            column.name: np.concatenate([getattr(part, column.name) for part in parts]) for column in COLUMNS
+        }
+        index = np.concatenate([np.full(len(part), i, np.int64) for i, part in enumerate(parts)])
+        return cls(scopes, SampleArrays(**columns), index)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def of_scope(self, scope: str) -> BoolArray:
+        """Which samples are of ``scope``."""
+        mask: BoolArray = self.scope_index == self.scopes.index(scope)
+        return mask
+
+    def part(self, scope: str) -> SampleArrays:
+        """The samples of ``scope``."""
+        if len(self.scopes) == 1:
+            return self.samples
+        return self.samples.take(np.flatnonzero(self.of_scope(scope)))
+
+    def counts(self) -> dict[str, int]:
+        """Samples per scope, in ``scopes`` order."""
+        found = np.bincount(self.scope_index, minlength=len(self.scopes))
+        return {scope: int(count) for scope, count in zip(self.scopes, found, strict=True)}
 
 
 def _checked_column(column: Column, values: Any, size: int | None) -> NDArray[Any]:

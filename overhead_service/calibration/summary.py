@@ -54,22 +54,23 @@ class FitSummary:
     parent_id: str
     hypervisor: str
     arch: str
-    scope: str
+    scope: str | list[str]  # several scopes fitted together: their list
     target: float
     folds: int
     seed: int
     n: int
     requested_by: str | None
     host_facts: Mapping[str, Any] | None
-    fixed_part: str
-    margin_bytes: int
+    fixed_part: str | dict[str, str]  # several scopes: per scope
+    margin_bytes: int | dict[str, int]  # several scopes: per scope
     sigma_bytes: float
     components: list[ComponentFit]
-    residuals: dict[str, Any]
-    held_out: dict[str, Any]
-    over_provisioning: dict[str, Any]
-    evaluation: dict[str, Any]
+    residuals: dict[str, Any]  # several scopes: per scope
+    held_out: dict[str, Any]  # several scopes: also perScope
+    over_provisioning: dict[str, Any]  # several scopes: per scope
+    evaluation: dict[str, Any]  # several scopes: per scope
     warnings: list[str] = field(default_factory=list)
+    launcher: str | None = None  # the launcher of the qemu records, when the selection named one
 
     def component(self, name: str, parameter: str | None = None) -> ComponentFit:
         """The entry for ``name`` (and ``parameter``, when a component has several)."""
@@ -78,13 +79,20 @@ class FitSummary:
                 return entry
         raise KeyError((name, parameter))
 
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        """The scopes fitted, as a tuple."""
+        return (self.scope,) if isinstance(self.scope, str) else tuple(self.scope)
+
     def to_json(self) -> dict[str, Any]:
+        selection = {} if self.launcher is None else {"launcher": self.launcher}
         return {
             "tableId": self.table_id,
             "parent": self.parent_id,
             "hypervisor": self.hypervisor,
             "arch": self.arch,
             "scope": self.scope,
+            **selection,
             "target": self.target,
             "folds": self.folds,
             "seed": self.seed,

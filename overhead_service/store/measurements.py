@@ -281,9 +281,8 @@ class MeasurementStore(Database):
         """How many matching records each launcher started (``direct`` for a record without one,
         as a ``qemu`` record before libvirt-launched ones; pod and node records count as that too)."""
         launcher = func.coalesce(measurements.c.launcher, "direct")
-        query = _where(
-            select(launcher, func.count()), hypervisor, arch, scope, run_ids, since, until, None
-        ).group_by(launcher)
+        counted = cast(Select[Any], select(launcher, func.count()))
+        query = _where(counted, hypervisor, arch, scope, run_ids, since, until, None).group_by(launcher)
         with self.engine.connect() as conn:
             return {str(name): int(count) for name, count in conn.execute(query)}
 

@@ -20,7 +20,8 @@ from typing import Any, Final
 from flask import current_app
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, missing
 
-from overhead_service.calibration.records import HYPERVISORS, SCOPES, parse_timestamp
+from overhead_service.calibration.records import HYPERVISORS, LAUNCHERS, SCOPES, parse_timestamp
+from overhead_service.calibration.samples import check_scopes
 from overhead_service.errors import InputError
 
 __all__ = [
@@ -110,12 +111,30 @@ class _Body(Schema):
         unknown = EXCLUDE  # json_object has refused unknown fields; a body may hold several schemas'
 
 
+def _are_scopes(value: Any) -> bool:
+    try:
+        check_scopes(value)
+    except InputError:
+        return False
+    return True
+
+
+_ONE_SCOPE: Final = f"must be one of {', '.join(SCOPES)}"
+
+
 class Selection(_Body):
     """Which stored measurements: the keyword arguments of ``Store.select_measurements``."""
 
     hypervisor = _hypervisor()
     arch = _arch("must be an architecture such as amd64")
-    scope = _strict(lambda value: value in SCOPES, "must be qemu, pod or node", required=True)
+    scope = _strict(lambda value: value in SCOPES, _ONE_SCOPE, required=True)
+    # Only qemu records are selected by it: the daemons are always libvirt's, pods KubeVirt's.
+    launcher = _strict(
+        lambda value: value in LAUNCHERS,
+        f"must be {' or '.join(LAUNCHERS)}",
+        allow_none=True,
+        load_default=None,
+    )
     run_ids = _strict(
         lambda value: type(value) is list and bool(value) and all(type(run) is str and run for run in value),
         "must be a non-empty array of run ids",
@@ -128,7 +147,17 @@ class Selection(_Body):
 
 
 class FitSelection(Selection):
-    """``POST /v1/fits``, first part: the measurements and the table whose model is fitted."""
+    """``POST /v1/fits``, first part: the measurements and the table whose model is fitted.
+
+    ``scope`` may name several scopes (an array), fitted together; ``check_scopes`` puts them in
+    order.
+    """
+
+    scope = _strict(
+        _are_scopes,
+        f"{_ONE_SCOPE}, or an array of distinct ones but node",
+        required=True,
+    )
 
     # A missing or empty parent is the default table (``DEFAULT_TABLE``).
     parent = _strict(

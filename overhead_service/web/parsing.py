@@ -199,6 +199,19 @@ class QueryArgs:
         value = self._args.get(name)
         return default if value is None else _text(name, value, max_length)
 
+    def choices(self, name: str, allowed: tuple[str, ...], max_count: int) -> tuple[str, ...] | None:
+        """A repeatable parameter, each one of ``allowed``, at most ``max_count`` times: the values
+        given, each once, in the order first given."""
+        if name not in self._args:
+            return None
+        values = self._args.getlist(name)
+        for value in values:
+            if value not in allowed:
+                raise InputError(name, f"must be one of: {', '.join(allowed)}")
+        if len(values) > max_count:
+            raise InputError(name, f"at most {max_count} values")
+        return tuple(dict.fromkeys(values))
+
     def texts(self, name: str, max_length: int, max_count: int) -> list[str] | None:
         """A repeatable text parameter (each as :meth:`text`), at most ``max_count`` times."""
         if name not in self._args:

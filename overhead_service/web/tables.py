@@ -10,6 +10,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app
 
 from overhead_service.calibration import check_activation, evaluate_table, sample_from_record, validate_batch
+from overhead_service.calibration.selection import for_scope
 from overhead_service.errors import Conflict
 from overhead_service.extensions import get_store, get_sync
 from overhead_service.web.auth import require_role
@@ -48,16 +49,19 @@ def evaluate_on_measurements(table_id: str) -> Response:
     document = table_document(table_id)
     selector = load(EVALUATION, json_object(read_json(), _EVALUATE_FIELDS))
     measurements = selector.pop("measurements")
+    chosen = for_scope(selector, selector["scope"])
     if measurements is not None:
         records = validate_batch(measurements, path="measurements")
+        launcher = chosen.get("launcher")
         records = [
             r
             for r in records
             if (r["hypervisor"], r["arch"], r["scope"])
-            == (selector["hypervisor"], selector["arch"], selector["scope"])
+            == (chosen["hypervisor"], chosen["arch"], chosen["scope"])
+            and (launcher is None or r.get("launcher", "direct") == launcher)
         ]
     else:
-        records = get_store().select_measurements(**selector)
+        records = get_store().select_measurements(**chosen)
     samples = [sample_from_record(r) for r in records]
     evaluation = evaluate_table(
         document, samples, hypervisor=selector["hypervisor"], arch=selector["arch"], scope=selector["scope"]

@@ -753,7 +753,7 @@ def test_minimum_samples() -> None:
 @pytest.mark.parametrize(
     ("options", "path", "message"),
     [
-        ({"scope": "vm"}, "scope", "must be one of qemu, pod, node"),
+        ({"scope": "vm"}, "scope", "must be one of qemu, pod, node, virtqemud, virtlogd"),
         ({"hypervisor": "xen"}, "hypervisor", "must be kvm or mshv"),
         ({"arch": "*"}, "arch", "not '*'"),
         ({"target": 1.0}, "target", "strictly between 0 and 1"),

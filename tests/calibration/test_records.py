@@ -69,7 +69,7 @@ BAD_FIELDS: list[tuple[dict[str, Any], str, str]] = [
     ({"hypervisor": "xen"}, "hypervisor", "one of: kvm, mshv"),
     ({"hypervisor": "hyperv-direct"}, "hypervisor", "one of: kvm, mshv"),
     ({"arch": "a" * 65}, "arch", "at most 64"),
-    ({"scope": "vm"}, "scope", "one of: qemu, pod, node"),
+    ({"scope": "vm"}, "scope", "one of: qemu, pod, node, virtqemud, virtlogd"),
     ({"overheadBytes": 1.0}, "overheadBytes", "must be an integer"),
     ({"overheadBytes": True}, "overheadBytes", "must be an integer"),
     ({"overheadBytes": "283115520"}, "overheadBytes", "must be an integer"),
@@ -210,7 +210,7 @@ def test_every_bad_record_is_reported_once_with_its_index() -> None:
         validate_batch(records, now=NOW)
     error = caught.value
     assert [(e.path, e.detail) for e in error.errors] == [
-        ("records[2].scope", "must be one of: qemu, pod, node"),
+        ("records[2].scope", "must be one of: qemu, pod, node, virtqemud, virtlogd"),
         ("records[5]", "must be an object"),
         (
             "records[9].measuredAt",
@@ -247,7 +247,7 @@ def test_the_batch_may_have_another_name() -> None:
         validate_batch([record(), record(scope="x")], now=NOW, path="measurements")
     assert caught.value.path == "measurements"
     assert caught.value.problems() == [
-        {"path": "measurements[1].scope", "message": "must be one of: qemu, pod, node"}
+        {"path": "measurements[1].scope", "message": "must be one of: qemu, pod, node, virtqemud, virtlogd"}
     ]
     with pytest.raises(InputError) as not_a_list:
         validate_batch({}, path="measurements")

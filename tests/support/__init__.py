@@ -29,7 +29,7 @@ DATA = ROOT / "tests" / "data"
 # Valid by the schema but refused by rules a schema cannot state: the table must exist, the ratio
 # must be a finite number Go parses, and the overhead must fit in 64-bit bytes. Measurement records
 # must be consistent (overheadBytes = rawBytes - guestTouchedBytes, touched <= guest RAM + 64 MiB,
-# the accelerator runs the hypervisor) and measured at a plausible time.
+# the accelerator runs the hypervisor, launcher/libvirt/scope agree) and measured at a plausible time.
 # 422s a schema cannot foresee: which table ids exist, which ratio strings Go parses, whether the
 # selected measurements suffice for a fit.
 SEMANTIC_PROBLEMS = {
@@ -45,6 +45,16 @@ SEMANTIC_RECORD_MESSAGES = (
     "does not run hypervisor",
     "is in the future",
     "is before 2000-01-01",
+    # who started QEMU: launcher, the libvirt object and the scope agree
+    "must be libvirt for scope",
+    "a daemon holds no guest RAM",
+    "is for qemu and daemon records",
+    "is required when launcher is libvirt",
+    "is only for records with launcher libvirt",
+    "is for the daemon scopes only",
+    "is for scope qemu only",
+    "is required for scope",
+    "must be below libvirt.domains",
 )
 
 

@@ -159,7 +159,7 @@ def test_filters_and_pages(client: FlaskClient, upload: Any) -> None:
     ("query", "path", "message"),
     [
         ("hypervisor=xen", "hypervisor", "must be one of: kvm, mshv"),
-        ("scope=vm", "scope", "must be one of: qemu, pod, node"),
+        ("scope=vm", "scope", "must be one of: qemu, pod, node, virtqemud, virtlogd"),
         ("arch=", "arch", "non-empty string"),
         ("arch=a%00b", "arch", "NUL"),
         ("runId=", "runId", "non-empty string"),

@@ -21,6 +21,9 @@ The page holds, in order:
   for the table and the upstream table.  Above :data:`MAX_PLOT_SAMPLES` samples the plots show a
   seeded random subset (the same every time), and the page says so.
 
+A report on several scopes (a table fitted on several at once) has a summary by scope, then the
+measurements, the evaluation and the plots of each scope in turn.
+
 The work is split three ways: :mod:`.data` chooses the samples and computes the predictions and
 evaluations, :mod:`.plots` draws the figures, and :mod:`.page` renders the Jinja2 templates in
 ``templates/``, which escape every text that comes from a document or a record.
@@ -49,17 +52,29 @@ DEFAULT_TARGET: Final = ("kvm", "amd64", "qemu")  # hypervisor, arch, scope of a
 MAX_PLOT_SAMPLES: Final = 20_000
 
 
-def default_target(document: Mapping[str, Any]) -> tuple[str, str, str]:
+Facts = Mapping[str, Sequence[str]]
+
+
+def default_target(document: Mapping[str, Any]) -> tuple[str, str, str | tuple[str, ...]]:
     """(hypervisor, arch, scope) a report shows by default: the table's fit's own, else kvm/amd64/qemu.
 
-    A table without a kvm model (``mshv-l1vh-provisional``) defaults to its first model's
-    hypervisor instead (and that model's arch, unless it is ``*``).
+    The scope of a fit of several scopes is their tuple.  A table without a kvm model
+    (``mshv-l1vh-provisional``) defaults to its first model's hypervisor instead (and that model's
+    arch, unless it is ``*``).
     """
     fit = document.get("fit")
     if isinstance(fit, Mapping):
-        found = (fit.get("hypervisor"), fit.get("arch"), fit.get("scope"))
-        if all(isinstance(value, str) and value for value in found):
-            return str(found[0]), str(found[1]), str(found[2])
+        found = (fit.get("hypervisor"), fit.get("arch"))
+        scope = fit.get("scope")
+        scopes = (
+            tuple(scope)
+            if isinstance(scope, list) and scope and all(isinstance(s, str) for s in scope)
+            else scope
+        )
+        if all(isinstance(value, str) and value for value in found) and (
+            isinstance(scopes, tuple) or (isinstance(scopes, str) and scopes)
+        ):
+            return str(found[0]), str(found[1]), scopes
     models = document.get("models")
     if isinstance(models, list):
         entries = [model for model in models if isinstance(model, Mapping)]
@@ -72,14 +87,14 @@ def default_target(document: Mapping[str, Any]) -> tuple[str, str, str]:
 
 def render_report(
     table_document: Mapping[str, Any],
-    samples: Measurements,
+    samples: Measurements | Mapping[str, Measurements],
     *,
     hypervisor: str,
     arch: str,
-    scope: str,
+    scope: str | Sequence[str],
     upstream_document: Mapping[str, Any] | None,
     source: str | None = None,
-    measurement_facts: Mapping[str, Sequence[str]] | None = None,
+    measurement_facts: Facts | Mapping[str, Facts] | None = None,
     max_plot_samples: int = MAX_PLOT_SAMPLES,
 ) -> str:
     """The HTML report of ``table_document`` judged on ``samples`` of (hypervisor, arch, scope).
@@ -93,16 +108,53 @@ def render_report(
     says in words where the measurements came from; ``measurement_facts`` are their host facts
     (taken from the records when records are given).
 
+    ``scope`` may be several scopes: then ``samples`` is either one of the above for every scope
+    (records or Samples, each scope taking its own) or a mapping of each scope to its samples, and
+    ``measurement_facts`` a mapping of each scope to its facts.
+
     Raises :class:`InputError` for a bad hypervisor, arch or scope, a document that is not a
     table, or :class:`NotInTable` when the table has no model for ``hypervisor`` on ``arch``.
     No samples is not an error: the page says so and shows the table alone.
     """
-    data.check_target(hypervisor, arch, scope)
+    scopes = data.check_target(hypervisor, arch, scope)
     if type(max_plot_samples) is not int or max_plot_samples < 1:
         raise ValueError("max_plot_samples must be a positive integer")
     table = data.compile_document(table_document, "table")
     model = data.table_model(table, hypervisor, arch)
     upstream = data.upstream(upstream_document, table, hypervisor, arch)
+    single = isinstance(scope, str)
+    parts = []
+    for one in scopes:
+        given = samples[one] if isinstance(samples, Mapping) else samples
+        facts = measurement_facts
+        if not single and measurement_facts is not None:
+            facts = measurement_facts.get(one)  # type: ignore[assignment]
+        parts.append(
+            _part(table, model, upstream, given, hypervisor, arch, one, single, facts, max_plot_samples)
+        )
+    return page.render_page(
+        table=table,
+        source=source,
+        parts=parts,
+        cap=max_plot_samples,
+        seed=PLOT_SEED,
+        upstream_note=upstream.note,
+    )
+
+
+def _part(
+    table: Any,
+    model: Any,
+    upstream: data.Upstream,
+    samples: Measurements,
+    hypervisor: str,
+    arch: str,
+    scope: str,
+    single: bool,
+    facts: Any,
+    cap: int,
+) -> page.Part:
+    """One scope's measurements, evaluation and plots."""
     selection = data.select(samples, hypervisor, arch, scope)
     comparison = plotted = None
     figures: list[plots.Plot] = []
@@ -113,19 +165,13 @@ def render_report(
         models = {table.id: model}
         if upstream.table is not None and upstream.model is not None:
             models[upstream.table.id] = upstream.model
-        plotted = data.plotted(
-            selection.samples, models, comparison, scope=scope, arch=arch, cap=max_plot_samples
-        )
+        plotted = data.plotted(selection.samples, models, comparison, scope=scope, arch=arch, cap=cap)
         figures = plots.draw(plotted, scope)
-    return page.render_page(
-        table=table,
+    return page.Part(
+        scope=None if single else scope,
         target=f"{hypervisor}/{arch}/{scope}",
-        source=source,
         selection=selection,
-        host_facts=selection.facts if measurement_facts is None else measurement_facts,
-        cap=max_plot_samples,
-        seed=PLOT_SEED,
-        upstream_note=upstream.note,
+        host_facts=selection.facts if facts is None else facts,
         comparison=comparison,
         plotted=plotted,
         plots=figures,

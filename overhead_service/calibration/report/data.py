@@ -56,14 +56,26 @@ Measurements = Sequence[Sample] | SampleArrays | Records
 # --- the tables ------------------------------------------------------------------------------------
 
 
-def check_target(hypervisor: Any, arch: Any, scope: Any) -> None:
-    """Raise :class:`InputError` unless (hypervisor, arch, scope) names something a table can model."""
+def check_target(hypervisor: Any, arch: Any, scope: Any) -> tuple[str, ...]:
+    """The scopes of (hypervisor, arch, scope), in :data:`SCOPES` order, or :class:`InputError`
+    unless they name something a table can model; ``scope`` may be several, each once."""
     if hypervisor not in HYPERVISORS:
         raise InputError("hypervisor", "must be kvm or mshv")
     if not isinstance(arch, str) or not arch or len(arch) > 64:
         raise InputError("arch", "must be an architecture such as amd64")
-    if scope not in SCOPES:
-        raise InputError("scope", f"must be one of {', '.join(SCOPES)}")
+    if isinstance(scope, str):
+        if scope not in SCOPES:
+            raise InputError("scope", f"must be one of {', '.join(SCOPES)}")
+        return (scope,)
+    scopes = scope
+    if (
+        type(scopes) not in (list, tuple)
+        or not scopes
+        or any(one not in SCOPES for one in scopes)
+        or len(set(scopes)) != len(scopes)
+    ):
+        raise InputError("scope", f"must be one of {', '.join(SCOPES)}, or several of them, each once")
+    return tuple(one for one in SCOPES if one in scopes)
 
 
 def compile_document(document: Mapping[str, Any], path: str) -> tables.Table:

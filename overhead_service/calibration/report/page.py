@@ -12,6 +12,7 @@ import html
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from overhead_service.calibration.report.plots import Plot
     from overhead_service.model import tables
 
-__all__ = ["friendly", "mib", "number", "percent", "percent_value", "plain", "render_page"]
+__all__ = ["Part", "friendly", "mib", "number", "percent", "percent_value", "plain", "render_page"]
 
 MIB: Final = float(1 << 20)
 GIB: Final = float(1 << 30)
@@ -127,31 +128,40 @@ _ENVIRONMENT.filters.update(
 _ENVIRONMENT.tests.update(real=is_real, finite=is_finite, list=is_list)
 
 
+@dataclass(frozen=True, slots=True)
+class Part:
+    """What the page shows about one scope: the measurements, the evaluation, the plots."""
+
+    scope: str | None  # None: the page is about one scope (its sections keep their plain ids)
+    target: str  # hypervisor/arch/scope
+    selection: Selection
+    host_facts: Mapping[str, Sequence[str]] | None
+    comparison: Comparison | None
+    plotted: Plotted | None
+    plots: Sequence[Plot]
+
+    @property
+    def suffix(self) -> str:
+        """What this scope's section ids end with (``-qemu``; nothing for a one-scope page)."""
+        return "" if self.scope is None else f"-{self.scope}"
+
+    @property
+    def heading(self) -> str:
+        """What this scope's section headings end with (``: qemu``; nothing for a one-scope page)."""
+        return "" if self.scope is None else f": {self.scope}"
+
+
 def render_page(
     *,
     table: tables.Table,
-    target: str,
     source: str | None,
-    selection: Selection,
-    host_facts: Mapping[str, Sequence[str]] | None,
+    parts: Sequence[Part],
     cap: int,
     seed: int,
     upstream_note: str | None,
-    comparison: Comparison | None,
-    plotted: Plotted | None,
-    plots: Sequence[Plot],
 ) -> str:
-    """The page: ``report.html.j2`` and the section templates it includes, which read these names."""
+    """The page: ``report.html.j2`` and the section templates it includes, which read these names
+    (the per-scope sections read ``part``)."""
     return _ENVIRONMENT.get_template("report.html.j2").render(
-        table=table,
-        target=target,
-        source=source,
-        selection=selection,
-        host_facts=host_facts,
-        cap=cap,
-        seed=seed,
-        upstream_note=upstream_note,
-        comparison=comparison,
-        plotted=plotted,
-        plots=plots,
+        table=table, source=source, parts=parts, cap=cap, seed=seed, upstream_note=upstream_note
     )
