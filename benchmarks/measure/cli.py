@@ -41,10 +41,10 @@ from benchmarks.measure.runner import (
     predict_seconds,
 )
 from benchmarks.measure.upload import (
+    PendingUpload,
     Uploader,
     UploadFailed,
     UploadRejected,
-    UploadSummary,
     read_jsonl,
     write_jsonl,
 )
@@ -266,24 +266,10 @@ def _measure_all(
     progress = Progress(total=len(planned), stream=err)
     predictions = [predict_seconds(point, accelerator) for point, _ in planned]
     failures: list[dict[str, str]] = []
-    pending: list[dict[str, Any]] = []
-    upload = UploadSummary()
-    upload_error: str | None = None
+    upload = PendingUpload(uploader, args.batch_size, err)
     status = EXIT_OK
     stop_reason: str | None = None
     measured = 0
-
-    def flush() -> None:
-        nonlocal upload_error
-        if uploader is None or not pending or upload_error is not None:
-            return
-        try:
-            uploader.upload(list(pending), upload)
-            pending.clear()
-        except (UploadFailed, UploadRejected) as exc:
-            upload_error = str(exc)
-            print(f"error: {exc}", file=err, flush=True)
-
     next_index = 0
     try:
         while next_index < len(planned):
@@ -322,29 +308,13 @@ def _measure_all(
             progress.report(remaining, f"{label}: {_describe(measurement)}")
             if args.out is not None:
                 write_jsonl(args.out, [record])
-            pending.append(record)
-            if len(pending) >= args.batch_size:
-                flush()
+            upload.add([record])
     except KeyboardInterrupt:
         stop_reason = "interrupted"
         status = EXIT_INTERRUPTED
     not_run = planned[next_index:]
     skipped = not_run + skipped
-    flush()
-    if upload_error is not None and pending and args.out is None:
-        rescue = Path(f"measure-{run_id}.jsonl")
-        write_jsonl(rescue, pending, append=False)
-        print(
-            f"{len(pending)} records not uploaded were saved to {rescue}; send them later with: "
-            f"python -m benchmarks.measure upload {rescue}",
-            file=err,
-        )
-    if upload_error is not None and args.out is not None:
-        print(
-            f"every record is in {args.out}; send them later with: python -m benchmarks.measure upload "
-            f"{args.out}",
-            file=err,
-        )
+    uploaded = upload.finish(args.out, run_id)
     if stop_reason:
         print(f"stopped: {stop_reason}", file=err)
     if skipped:
@@ -363,12 +333,12 @@ def _measure_all(
         "stopReason": stop_reason,
         "seconds": round(progress.elapsed(), 1),
         "out": str(args.out) if args.out is not None else None,
-        "upload": None if uploader is None else upload.as_dict() | {"error": upload_error},
+        "upload": uploaded,
     }
     print(json.dumps(summary), file=out, flush=True)
     if status != EXIT_OK:
         return status
-    if upload_error is not None:
+    if upload.error is not None:
         return EXIT_REFUSED
     return EXIT_FAILED_POINTS if failures else EXIT_OK
 

@@ -1,16 +1,20 @@
 """``python -m benchmarks.measure libvirt``: the libvirt path (QEMU started by a private
-virtqemud or libvirtd, with virtlogd), measured point by point into JSON Lines.
+virtqemud or libvirtd, with virtlogd), measured point by point, uploaded and/or written as JSON Lines.
 
     python -m benchmarks.measure libvirt --config benchmarks/measure/libvirt-smoke.yaml --out s.jsonl
     python -m benchmarks.measure libvirt --config benchmarks/measure/libvirt-grid.yaml --daemon virtqemud \\
-        --out benchmarks/measure/results/libvirt-grid.jsonl --max-seconds 3600
+        --url http://svc:8080 --token T --out benchmarks/measure/results/libvirt-grid.jsonl --max-seconds 3600
 
-The records extend the service's format (:func:`benchmarks.measure.records.build_libvirt_records`),
-which the service does not take yet: they are written with ``--out`` only. Each point's records are
-appended in one write once the point is measured and torn down, so an interrupted run leaves only
-whole points. SIGINT and SIGTERM stop the run after tearing the current point down (exit 130).
-Exit status as for the bare path: 0 all measured, 1 some points failed, 2 bad usage, config or
-libvirt (missing, too old, daemon not built), 3 refused to measure, 130 interrupted.
+The records (:func:`benchmarks.measure.records.build_libvirt_records`) go to ``--out`` and/or to
+``POST /v1/measurements`` at ``--url`` (``$OVERHEAD_URL``, token ``$OVERHEAD_TOKEN``). Each point's
+records are appended to ``--out`` in one write once the point is measured and torn down, and
+uploaded in requests of whole points (:class:`~benchmarks.measure.upload.PendingUpload`), so an
+interrupted run or a failed upload leaves only whole points, in the file and in the service; after
+an upload error the run goes on writing ``--out`` (or a rescue file) for ``python -m
+benchmarks.measure upload``. SIGINT and SIGTERM stop the run after tearing the current point down
+(exit 130). Exit status as for the bare path: 0 all measured (and uploaded), 1 some points failed,
+2 bad usage, config or libvirt (missing, too old, daemon not built), 3 refused to measure or the
+upload failed or was rejected, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from benchmarks.measure.libvirt_runner import (
 )
 from benchmarks.measure.records import build_libvirt_records, default_run_id, sample_id
 from benchmarks.measure.runner import MIB, OtherQemuRunning, PointFailed
+from benchmarks.measure.upload import MAX_BATCH, PendingUpload, Uploader
 from overhead_service.errors import InputError
 
 __all__ = ["main"]
@@ -62,7 +67,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", required=True, type=Path, help="YAML or JSON shape matrix")
     parser.add_argument("--out", type=Path, help="the JSON Lines file of records (replaced)")
-    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--url", default=os.environ.get("OVERHEAD_URL"), help="service URL ($OVERHEAD_URL)")
+    parser.add_argument(
+        "--token", default=os.environ.get("OVERHEAD_TOKEN"), help="ingest token ($OVERHEAD_TOKEN)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=100,
+        help="records per upload request (default 100; a point's records are never split)",
+    )
     parser.add_argument(
         "--daemon", choices=DAEMONS, default="auto", help="default auto: a built virtqemud, else libvirtd"
     )
@@ -94,8 +108,8 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 
 def _config(args: argparse.Namespace, parser: argparse.ArgumentParser, err: TextIO) -> BenchConfig | None:
-    if args.url:
-        parser.error("the service does not take libvirt-path records yet: write them with --out")
+    if not 1 <= args.batch_size <= MAX_BATCH:
+        parser.error(f"--batch-size must be between 1 and {MAX_BATCH}")
     if args.max_points is not None and args.max_points < 0:
         parser.error("--max-points must not be negative")
     try:
@@ -134,8 +148,10 @@ def main(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
     planned = schedule[: args.max_points] if args.max_points is not None else schedule
     if args.dry_run:
         return _dry_run(planned, accelerator, out)
-    if args.out is None:
-        parser.error("give --out FILE.jsonl")
+    if args.out is None and not args.url:
+        parser.error("give --out FILE.jsonl, --url (or $OVERHEAD_URL), or both")
+    if args.url and not args.token:
+        parser.error("--url needs --token (or $OVERHEAD_TOKEN)")
     try:
         install = find_install(args.daemon, args.libvirt_build_dir)
         runner = LibvirtRunner(
@@ -165,9 +181,20 @@ def main(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
             file=err,
             flush=True,
         )
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("")
-        return _measure_all(args, config, planned, runner, host, run_id, out, err)
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text("")
+        uploader = (
+            Uploader(args.url, args.token, log=lambda text: print(text, file=err, flush=True))
+            if args.url
+            else None
+        )
+        try:
+            upload = PendingUpload(uploader, args.batch_size, err)
+            return _measure_all(args, config, planned, runner, host, run_id, upload, out, err)
+        finally:
+            if uploader is not None:
+                uploader.close()
 
 
 def _describe(m: LibvirtMeasurement) -> str:
@@ -184,8 +211,10 @@ def _describe(m: LibvirtMeasurement) -> str:
     )
 
 
-def _append(path: Path, records: list[dict[str, Any]]) -> None:
-    """All of a point's records in one write, with SIGINT and SIGTERM held back."""
+def _append(path: Path | None, records: list[dict[str, Any]]) -> None:
+    """All of a point's records in one write, with SIGINT and SIGTERM held back (none: no --out)."""
+    if path is None:
+        return
     text = "".join(json.dumps(record, separators=(",", ":")) + "\n" for record in records)
     with blocked_signals():
         fd = os.open(path, os.O_WRONLY | os.O_APPEND)
@@ -202,6 +231,7 @@ def _measure_all(
     runner: LibvirtRunner,
     host: HostFacts,
     run_id: str,
+    upload: PendingUpload,
     out: TextIO,
     err: TextIO,
 ) -> int:
@@ -231,6 +261,7 @@ def _measure_all(
                 stop_reason, status = str(exc), EXIT_REFUSED
                 break
             _append(args.out, records)
+            upload.add(records)
             index += 1
             measured += 1
             progress.point_done(predictions[index - 1], time.monotonic() - began)
@@ -238,9 +269,13 @@ def _measure_all(
     except KeyboardInterrupt:
         stop_reason, status = "interrupted", EXIT_INTERRUPTED
     skipped = [sample_id(p.name, r) for p, r in config.schedule()[index:]]  # also beyond --max-points
-    _finish(args, config, runner, run_id, progress, (measured, failures, skipped, stop_reason), out, err)
+    uploaded = upload.finish(args.out, run_id)
+    outcome = (measured, failures, skipped, stop_reason, uploaded)
+    _finish(args, config, runner, run_id, progress, outcome, out, err)
     if status != EXIT_OK:
         return status
+    if upload.error is not None:
+        return EXIT_REFUSED
     return EXIT_FAILED_POINTS if failures else EXIT_OK
 
 
@@ -267,12 +302,12 @@ def _finish(
     runner: LibvirtRunner,
     run_id: str,
     progress: Progress,
-    outcome: tuple[int, list[dict[str, str]], list[str], str | None],
+    outcome: tuple[int, list[dict[str, str]], list[str], str | None, dict[str, Any] | None],
     out: TextIO,
     err: TextIO,
 ) -> None:
     """What was skipped or failed (stderr), and the run's one-line JSON summary (stdout)."""
-    measured, failures, skipped, stop_reason = outcome
+    measured, failures, skipped, stop_reason, uploaded = outcome
     if stop_reason:
         print(f"stopped: {stop_reason}", file=err)
     if skipped:
@@ -291,6 +326,7 @@ def _finish(
         "skipped": skipped,
         "stopReason": stop_reason,
         "seconds": round(progress.elapsed(), 1),
-        "out": str(args.out),
+        "out": None if args.out is None else str(args.out),
+        "upload": uploaded,
     }
     print(json.dumps(summary), file=out, flush=True)

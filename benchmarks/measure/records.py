@@ -1,5 +1,5 @@
-"""Measurement records (scope ``qemu``) for ``POST /v1/measurements``, from one measured point, and
-the records of the libvirt path (an extension the service does not take yet; see below).
+"""Measurement records for ``POST /v1/measurements`` from one measured point: scope ``qemu`` from
+the bare path, and from the libvirt path QEMU's, the daemon's and virtlogd's (see below).
 
 ``overheadBytes`` = anonymous + kernel memory charged to the VM's own cgroup − the guest RAM the
 guest touched; the page cache charged there (QEMU's binary, libraries, firmware: clean and
@@ -17,16 +17,8 @@ from benchmarks.measure.libvirt_runner import DomainFigures, LibvirtMeasurement
 from benchmarks.measure.procfs import ProcessMemory
 from benchmarks.measure.runner import MIB, Measurement
 from overhead_service.calibration.records import validate_record
-from overhead_service.errors import InputError
 
-__all__ = [
-    "LIBVIRT_SCOPES",
-    "build_libvirt_records",
-    "build_record",
-    "default_run_id",
-    "sample_id",
-    "validate_libvirt_record",
-]
+__all__ = ["build_libvirt_records", "build_record", "default_run_id", "sample_id"]
 
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -94,28 +86,11 @@ def build_record(measurement: Measurement, host: HostFacts, run_id: str) -> dict
 
 # --- the libvirt path ---------------------------------------------------------------------------
 #
-# Records of the libvirt path extend the format above (the service does not take them yet: the
-# extension is checked here, the rest with the service's own validation):
-#
-# * ``launcher``: ``"libvirt"`` (a record without it was launched directly, as ``build_record``'s);
-# * ``scope``: ``qemu`` (a domain's QEMU), or ``virtqemud`` / ``virtlogd`` (a daemon: the component
-#   KubeVirt budgets for it; ``libvirt.daemon`` says which binary ran the QEMU driver);
-# * ``libvirt``: ``daemon`` (``virtqemud`` or ``libvirtd``), ``build`` (``debian-source-build`` or
-#   ``debian-package``), ``mode`` (``session``: KubeVirt's non-root mode), ``domains`` (1..64 domains
-#   under the daemon), ``domainIndex`` (scope qemu: 0..domains-1), ``domainXmlSha256`` (the point's
-#   domain XML, see :func:`benchmarks.measure.domain.xml_digest`), ``threads`` (daemon scopes: the
-#   daemon's thread count);
-# * a daemon's ``overheadBytes`` = ``rawBytes`` = its cgroup's anon + kernel memory, and
-#   ``guestTouchedBytes`` = 0; ``host.libvirt`` is the libvirt version.
-
-LIBVIRT_SCOPES: Final = ("qemu", "virtqemud", "virtlogd")
-LIBVIRT_DAEMONS: Final = ("virtqemud", "libvirtd")
-LIBVIRT_MODES: Final = ("session", "system")
-MAX_DOMAINS: Final = 64
-_SHA256: Final = re.compile(r"[0-9a-f]{64}")
-_LIBVIRT_FIELDS: Final = frozenset(
-    {"daemon", "build", "mode", "domains", "domainIndex", "domainXmlSha256", "threads"}
-)
+# Per point: one record per domain (scope ``qemu``), one for the daemon (scope ``virtqemud``, also
+# when libvirtd stood in for it: ``libvirt.daemon`` says which binary ran) and one for virtlogd,
+# each with ``launcher: libvirt``, the ``libvirt`` object and ``host.libvirt`` (the record format,
+# and its rules, are the service's: overhead_service/calibration/records.py).  A daemon's
+# ``overheadBytes`` = ``rawBytes`` = its cgroup's anon + kernel memory; ``guestTouchedBytes`` = 0.
 
 
 def _process_raw(process: ProcessMemory, cgroup: CgroupFigures) -> dict[str, int]:
@@ -216,57 +191,4 @@ def build_libvirt_records(m: LibvirtMeasurement, host: HostFacts, run_id: str) -
                 "raw": raw,
             }
         )
-    return [validate_libvirt_record(record) for record in records]
-
-
-def validate_libvirt_record(record: Any) -> dict[str, Any]:
-    """A libvirt-path record checked: the extension here, the rest with the service's validation
-    (as a ``qemu`` record without the extension). Raises :class:`InputError` with the field path."""
-    if type(record) is not dict:
-        raise InputError("", "must be an object")
-    if record.get("launcher") != "libvirt":
-        raise InputError("launcher", "must be libvirt")
-    scope = record.get("scope")
-    if scope not in LIBVIRT_SCOPES:
-        raise InputError("scope", f"must be one of: {', '.join(LIBVIRT_SCOPES)}")
-    libvirt = record.get("libvirt")
-    if type(libvirt) is not dict:
-        raise InputError("libvirt", "must be an object")
-    unknown = sorted(set(libvirt) - _LIBVIRT_FIELDS)
-    if unknown:
-        raise InputError(
-            f"libvirt.{unknown[0]}", f"unknown field; allowed: {', '.join(sorted(_LIBVIRT_FIELDS))}"
-        )
-    _one_of(libvirt, "daemon", LIBVIRT_DAEMONS)
-    _one_of(libvirt, "mode", LIBVIRT_MODES)
-    build = libvirt.get("build")
-    if type(build) is not str or not 0 < len(build) <= 200:
-        raise InputError("libvirt.build", "must be a non-empty string of at most 200 characters")
-    domains = _count(libvirt, "domains", 1, MAX_DOMAINS)
-    if type(libvirt.get("domainXmlSha256")) is not str or not _SHA256.fullmatch(libvirt["domainXmlSha256"]):
-        raise InputError("libvirt.domainXmlSha256", "must be 64 lowercase hexadecimal digits")
-    if scope == "qemu":
-        _count(libvirt, "domainIndex", 0, domains - 1)
-        if "threads" in libvirt:
-            raise InputError("libvirt.threads", "is for the daemon scopes only")
-    else:
-        _count(libvirt, "threads", 1, 100_000)
-        if "domainIndex" in libvirt:
-            raise InputError("libvirt.domainIndex", "is for scope qemu only")
-        if record.get("guestTouchedBytes") != 0:
-            raise InputError("guestTouchedBytes", "must be 0 for a daemon (it holds no guest RAM)")
-    base = {key: value for key, value in record.items() if key not in ("launcher", "libvirt")}
-    validate_record(base | {"scope": "qemu"})
-    return record
-
-
-def _one_of(obj: dict[str, Any], name: str, allowed: tuple[str, ...]) -> None:
-    if obj.get(name) not in allowed:
-        raise InputError(f"libvirt.{name}", f"must be one of: {', '.join(allowed)}")
-
-
-def _count(obj: dict[str, Any], name: str, low: int, high: int) -> int:
-    value = obj.get(name)
-    if type(value) is not int or not low <= value <= high:
-        raise InputError(f"libvirt.{name}", f"must be an integer between {low} and {high}")
-    return value
+    return [validate_record(record) for record in records]

@@ -14,11 +14,19 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 import requests
 
-__all__ = ["UploadFailed", "UploadRejected", "UploadSummary", "Uploader", "read_jsonl", "write_jsonl"]
+__all__ = [
+    "PendingUpload",
+    "UploadFailed",
+    "UploadRejected",
+    "UploadSummary",
+    "Uploader",
+    "read_jsonl",
+    "write_jsonl",
+]
 
 MAX_BATCH: Final = 10_000
 
@@ -109,11 +117,17 @@ class Uploader:
         """Upload every record (in batches); returns what the service stored and reported duplicate."""
         summary = summary if summary is not None else UploadSummary()
         for batch in _batches(records, self.batch_size):
-            answer = self._post(json.dumps({"records": batch}).encode(), summary)
-            summary.stored += int(answer.get("stored", 0))
-            summary.duplicates += int(answer.get("duplicates", 0))
-            summary.duplicate_keys.extend(answer.get("duplicateKeys", []))
+            self.send(batch, summary)
         return summary
+
+    def send(self, records: list[dict[str, Any]], summary: UploadSummary) -> None:
+        """Upload ``records`` in one request (stored all or none), retried as :meth:`upload` says."""
+        if len(records) > MAX_BATCH:
+            raise ValueError(f"at most {MAX_BATCH} records per request, got {len(records)}")
+        answer = self._post(json.dumps({"records": records}).encode(), summary)
+        summary.stored += int(answer.get("stored", 0))
+        summary.duplicates += int(answer.get("duplicates", 0))
+        summary.duplicate_keys.extend(answer.get("duplicateKeys", []))
 
     def _post(self, body: bytes, summary: UploadSummary) -> dict[str, Any]:
         for attempt in range(1, self.attempts + 1):
@@ -147,6 +161,69 @@ class Uploader:
                 self.log(f"upload attempt {attempt} failed ({problem}); retrying in {delay:.1f} s")
             self.sleep(delay)
         raise AssertionError("unreachable")
+
+
+class PendingUpload:
+    """A run's records on their way to the service, sent as each measured point's records arrive.
+
+    ``add`` takes one point's records: they are queued and, once ``batch_size`` records wait, sent
+    in one request; a point's records are never split across requests (each holds whole points, at
+    most ``batch_size`` records unless one point has more), and the service stores a request all or
+    nothing, so a point is stored whole or not at all.  After a failed or rejected request nothing
+    more is sent (the error is kept, and printed to ``err``); :meth:`finish` then says where the
+    records that were not stored are, so that ``python -m benchmarks.measure upload`` can send them
+    (what was stored comes back as duplicates).
+    """
+
+    def __init__(self, uploader: Uploader | None, batch_size: int, err: TextIO) -> None:
+        self.uploader = uploader
+        self.batch_size = batch_size
+        self.err = err
+        self.pending: list[dict[str, Any]] = []
+        self.summary = UploadSummary()
+        self.error: str | None = None
+
+    def add(self, records: list[dict[str, Any]]) -> None:
+        """Queue one point's records; send the queue when it is full (never splitting a point)."""
+        if self.uploader is None:
+            return
+        if self.pending and len(self.pending) + len(records) > self.batch_size:
+            self.flush()
+        self.pending.extend(records)
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what waits, in one request (unless an earlier request failed)."""
+        if self.uploader is None or not self.pending or self.error is not None:
+            return
+        try:
+            self.uploader.send(list(self.pending), self.summary)
+            self.pending.clear()
+        except (UploadFailed, UploadRejected) as exc:
+            self.error = str(exc)
+            print(f"error: {exc}", file=self.err, flush=True)
+
+    def finish(self, out: Path | None, run_id: str) -> dict[str, Any] | None:
+        """Send the rest; after an upload error, say where every record not stored is (``out``, or
+        a rescue file when there is none).  The run summary's ``upload`` member (None: no upload)."""
+        if self.uploader is None:
+            return None
+        self.flush()
+        if self.error is not None and out is None:
+            rescue = Path(f"measure-{run_id}.jsonl")
+            write_jsonl(rescue, self.pending, append=False)
+            print(
+                f"{len(self.pending)} records not uploaded were saved to {rescue}; send them later "
+                f"with: python -m benchmarks.measure upload {rescue}",
+                file=self.err,
+            )
+        elif self.error is not None:
+            print(
+                f"every record is in {out}; send them later with: python -m benchmarks.measure upload {out}",
+                file=self.err,
+            )
+        return self.summary.as_dict() | {"error": self.error}
 
 
 def _retry_after(value: str | None) -> float:

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -23,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+from werkzeug.serving import make_server
 
+from benchmarks.harness.tokens import INGEST_TOKEN
 from benchmarks.measure.cgroups import CgroupFigures, find_memory_parent
 from benchmarks.measure.cli import main
 from benchmarks.measure.config import Point, expand, load_config
@@ -44,11 +48,12 @@ from benchmarks.measure.libvirt_runner import (
     LibvirtRunner,
 )
 from benchmarks.measure.procfs import ProcessMemory
-from benchmarks.measure.records import build_libvirt_records, validate_libvirt_record
+from benchmarks.measure.records import build_libvirt_records
 from benchmarks.measure.runner import PointFailed
 from benchmarks.measure.upload import read_jsonl
-from overhead_service.calibration.records import validate_record
+from overhead_service.calibration.records import validate_batch, validate_record
 from overhead_service.errors import InputError
+from tests.conftest import AppFactory
 from tests.support import ROOT
 
 MEASURE = ROOT / "benchmarks" / "measure"
@@ -243,13 +248,7 @@ def test_find_install_says_what_is_missing_or_too_old(tmp_path: Path) -> None:
     )  # fmt: skip
 
 
-def test_cli_refuses_upload_and_an_unbuilt_virtqemud(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit):
-        main(
-            ["libvirt", "--config", str(MEASURE / "libvirt-smoke.yaml"), "--url", "http://x"],
-            io.StringIO(),
-            io.StringIO(),
-        )
+def test_cli_refuses_an_unbuilt_virtqemud(tmp_path: Path) -> None:
     err = io.StringIO()
     status = main(
         ["libvirt", "--config", str(MEASURE / "libvirt-smoke.yaml"), "--out", str(tmp_path / "o.jsonl"),
@@ -378,40 +377,42 @@ def test_libvirt_records() -> None:
     assert logd["overheadBytes"] == 2 * MIB + MIB // 2 and "probePageCache" not in logd["raw"]
     assert daemon["vm"] == qemu["vm"] and daemon["vm"]["vcpusOnline"] is True
     for record in records:
-        assert validate_libvirt_record(record) is record
-        # the service does not take the extension yet (hence --out only)
-        with pytest.raises(InputError):
-            validate_record(record)
+        assert validate_record(record) is record  # the service's own definition
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda r: r.pop("launcher"), "launcher: must be libvirt"),
-        (lambda r: r.update(scope="pod"), "scope: must be one of: qemu, virtqemud, virtlogd"),
+        (lambda r: r.pop("launcher"), "libvirt: is only for records with launcher libvirt"),
+        (lambda r: r.update(scope="pod"), "launcher: is for qemu and daemon records"),
         (lambda r: r["libvirt"].update(color="red"), "libvirt.color: unknown field"),
         (lambda r: r["libvirt"].update(daemon="virtxend"), "libvirt.daemon: must be one of"),
         (
             lambda r: r["libvirt"].update(domainIndex=2),
-            r"libvirt.domainIndex: must be an integer between 0 and 1",
+            r"libvirt.domainIndex: must be below libvirt.domains \(2\)",
         ),
         (lambda r: r["libvirt"].update(domainXmlSha256="AB" * 32), "libvirt.domainXmlSha256"),
         (lambda r: r["libvirt"].update(threads=3), "libvirt.threads: is for the daemon scopes only"),
-        (lambda r: r["vm"].update(vcpus=0), r"vm.vcpus: must be an integer"),  # the service's own check
+        (lambda r: r["host"].pop("libvirt"), "host.libvirt: is required when launcher is libvirt"),
+        (lambda r: r["vm"].update(vcpus=0), r"vm.vcpus: must be an integer"),
     ],
 )
-def test_libvirt_record_extension_is_checked(change: Any, message: str) -> None:
+def test_libvirt_records_are_checked_by_the_service(change: Any, message: str) -> None:
     record = copy.deepcopy(build_libvirt_records(_measurement(), HOST, "run-1")[0])
     change(record)
     with pytest.raises(InputError, match=message):
-        validate_libvirt_record(record)
+        validate_record(record)
 
 
 def test_daemon_records_hold_no_guest_memory() -> None:
     daemon = copy.deepcopy(build_libvirt_records(_measurement(1), HOST, "run-1")[1])
-    daemon["guestTouchedBytes"] = daemon["rawBytes"] = MIB
-    with pytest.raises(InputError, match="guestTouchedBytes: must be 0"):
-        validate_libvirt_record(daemon)
+    daemon["guestTouchedBytes"] = MIB
+    daemon["rawBytes"] = daemon["overheadBytes"] + MIB
+    with pytest.raises(InputError, match="guestTouchedBytes: must be 0 for scope virtqemud"):
+        validate_record(daemon)
+    daemon = copy.deepcopy(build_libvirt_records(_measurement(1), HOST, "run-1")[1])
+    with pytest.raises(InputError, match="libvirt.threads: is required for scope virtqemud"):
+        validate_record(daemon | {"libvirt": {k: v for k, v in daemon["libvirt"].items() if k != "threads"}})
 
 
 # --- the real thing: packaged libvirtd and virtlogd ------------------------------------------------
@@ -472,11 +473,24 @@ def _cli(*args: str) -> subprocess.Popen[str]:
     )
 
 
+@pytest.fixture
+def service(app_factory: AppFactory) -> Iterator[str]:
+    """The real overhead service on a loopback port (werkzeug, threaded): its URL."""
+    server = make_server("127.0.0.1", 0, app_factory(), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
 @pytest.mark.qemu
-def test_smoke_through_private_libvirtd(guest: Path, tmp_path: Path) -> None:
+def test_smoke_through_private_libvirtd(guest: Path, tmp_path: Path, service: str) -> None:
     out = tmp_path / "smoke.jsonl"
     run = _cli(
         "--config", str(MEASURE / "libvirt-smoke.yaml"), "--daemon", "libvirtd", "--out", str(out),
+        "--url", service, "--token", INGEST_TOKEN, "--run-id", "libvirt-smoke-test",
         "--cache-dir", str(guest.parent.parent), "--wait-other-qemu", "300",
     )  # fmt: skip
     stdout, stderr = run.communicate(timeout=900)
@@ -485,13 +499,19 @@ def test_smoke_through_private_libvirtd(guest: Path, tmp_path: Path) -> None:
     assert (summary["measured"], summary["failed"], summary["daemon"]) == (1, [], "libvirtd")
     assert "[1/1]" in stderr and "libvirtd" in stderr
     assert _leftovers(run.pid) == []
+    # Stored once, as written: the service takes the records as they are.
+    assert summary["upload"] == {"stored": 3, "duplicates": 0, "requests": 1, "retries": 0, "error": None}
+    stored = requests.get(f"{service}/v1/measurements", params={"runId": "libvirt-smoke-test"}, timeout=30)
+    assert sorted(r["sampleId"] for r in stored.json()["items"]) == sorted(
+        r["sampleId"] for r in read_jsonl(out)
+    )
 
     kvm = summary["accelerator"] == "kvm"
     assert kvm == os.access("/dev/kvm", os.R_OK | os.W_OK)
     records = {r["scope"]: r for r in read_jsonl(out)}
     assert sorted(records) == ["qemu", "virtlogd", "virtqemud"] and len(read_jsonl(out)) == 3
     for record in records.values():
-        validate_libvirt_record(record)
+        validate_record(record)
         assert record["libvirt"]["daemon"] == "libvirtd" and record["libvirt"]["build"] == "debian-package"
         assert record["host"]["libvirt"].startswith(summary["libvirt"].split()[0])
     qemu, daemon, logd = records["qemu"], records["virtqemud"], records["virtlogd"]
@@ -587,13 +607,11 @@ def test_an_interrupted_run_stops_everything(
 
 
 def test_committed_results_are_valid_records() -> None:
-    """The raw records in benchmarks/measure/results stay readable as what they claim to be."""
+    """The raw records in benchmarks/measure/results are what the service takes, as they are."""
     counts: dict[str, int] = {}
     for path in sorted((MEASURE / "results").glob("*.jsonl")):
-        for record in read_jsonl(path):
-            if record.get("launcher") == "libvirt":
-                validate_libvirt_record(record)
-            else:
-                validate_record(record)
+        records = read_jsonl(path)
+        validate_batch(records)
+        for record in records:
             counts[record["scope"]] = counts.get(record["scope"], 0) + 1
     assert counts["virtqemud"] == counts["virtlogd"] >= 84 and counts["qemu"] >= 100
