@@ -110,7 +110,7 @@ def libvirt_record(
 ) -> dict[str, Any]:
     """A record of the libvirt path (``launcher: libvirt``): a domain's QEMU (scope ``qemu``) or a
     daemon (``virtqemud``, ``virtlogd``: no guest RAM), one domain under the daemon."""
-    vcpus = 1 + index % 4
+    vcpus = 1 + index // 4 % 4
     guest = (1 + index % 4) * GIB
     libvirt: dict[str, Any] = {
         "daemon": "virtqemud",
