@@ -23,7 +23,7 @@ import pytest
 
 import overhead_service
 from overhead_service import calibration
-from overhead_service.calibration import Sample, SampleArrays
+from overhead_service.calibration import Sample, SampleArrays, ScopedSamples
 from overhead_service.calibration.conformal import MIN_SAMPLES_FLOOR
 from overhead_service.calibration.draft import COEFFICIENT_PLACES
 from overhead_service.calibration.prediction import ceil_mul
@@ -81,7 +81,7 @@ def samples_of(arrays: SampleArrays, scope: str = "qemu") -> list[Sample]:
 
 
 def run_fit(
-    arrays: SampleArrays, parent: dict[str, Any] | None = None, **options: Any
+    arrays: SampleArrays | ScopedSamples, parent: dict[str, Any] | None = None, **options: Any
 ) -> tuple[dict[str, Any], calibration.FitSummary]:
     options = {"hypervisor": "kvm", "arch": "amd64", "scope": "qemu", "new_id": "fit-test", **options}
     options.setdefault("requested_by", "tester")
@@ -285,6 +285,7 @@ def test_lower_target_gives_smaller_margin_and_coverage() -> None:
     arrays = synthetic(4000, seed=21)
     _, high = run_fit(arrays, target=0.995)
     _, low = run_fit(arrays, target=0.9)
+    assert isinstance(low.margin_bytes, int) and isinstance(high.margin_bytes, int)  # one scope
     assert low.margin_bytes < high.margin_bytes
     assert low.margin_bytes == pytest.approx(1.2816 * SIGMA, rel=0.15)
     assert low.held_out["coverage"] == pytest.approx(0.9, abs=0.015)

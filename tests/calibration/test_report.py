@@ -136,6 +136,7 @@ def test_the_fit_report_is_shown(rendered: Rendered) -> None:
         assert entry.status == "fitted" and entry.standard_error is not None
         key = f"se:{name}.{entry.parameter}"
         assert float(data_values(page, key)[None]) == entry.standard_error
+    assert isinstance(fit.margin_bytes, int)  # one scope
     assert f"{fit.margin_bytes / MIB:,.2f} MiB" in page  # the margin
     assert "target 99.50 %" in page
     assert "constant in the samples: not separable from the fixed part" in page  # why ioThread was kept
