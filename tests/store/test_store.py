@@ -106,7 +106,8 @@ def test_upgrade_hook_runs_later_versions_in_order(store: Store, monkeypatch: py
         conn.execute(text("UPDATE measurements SET notes = 'migrated'"))
 
     store.add_measurements([record()])
-    monkeypatch.setattr(schema_module, "MIGRATIONS", {SCHEMA_VERSION + 2: to_after, SCHEMA_VERSION + 1: to_next})
+    steps = {SCHEMA_VERSION + 2: to_after, SCHEMA_VERSION + 1: to_next}
+    monkeypatch.setattr(schema_module, "MIGRATIONS", steps)
     monkeypatch.setattr(schema_module, "SCHEMA_VERSION", SCHEMA_VERSION + 2)
     assert not store.schema_ready()  # the code expects a later version now
     store.create_schema()

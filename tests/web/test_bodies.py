@@ -39,7 +39,12 @@ ACTIVATE, ROLL_BACK = "/v1/tables/kubevirt-main/activate", "/v1/tables/kubevirt-
         (FIT, {}, "hypervisor", "must be kvm or mshv"),
         (FIT, {"hypervisor": None, "arch": 1}, "hypervisor", "must be kvm or mshv"),
         (FIT, {**SELECTOR, "arch": "a" * 65, "scope": "vm"}, "arch", "must be an architecture such as amd64"),
-        (FIT, {**SELECTOR, "scope": "vm"}, "scope", "must be one of qemu, pod, node, virtqemud, virtlogd, or an array of distinct ones but node"),
+        (
+            FIT,
+            {**SELECTOR, "scope": "vm"},
+            "scope",
+            "must be one of qemu, pod, node, virtqemud, virtlogd, or an array of distinct ones but node",
+        ),
         (FIT, {**SELECTOR, "runs": []}, "runs", "must be a non-empty array of run ids"),
         (FIT, {**SELECTOR, "runs": ["a", ""]}, "runs", "must be a non-empty array of run ids"),
         (FIT, {**SELECTOR, "since": "yesterday"}, "since", "such as 2026-11-20T10:31:00Z"),
