@@ -225,3 +225,32 @@ def test_a_registry_serves_the_fitted_daemons(libvirt_fit: Any) -> None:
     assert model is not None
     names = {c.name: c for c in model.components}
     assert names["virtqemud"].constant is not None and names["virtqemud"].constant.value() < 40 * Mi
+
+
+def test_cluster_pods_with_the_local_libvirt_path() -> None:
+    """Pods from the cluster Job and QEMU and daemons from the libvirt path, in one fit: each daemon
+    is fitted from its own samples, the pod's fixed part takes what the pods hold beyond everything
+    else (virt-launcher keeps upstream's constant: it is not separable from the monitor)."""
+    scoped = ScopedSamples.of(
+        {
+            "qemu": synthetic(300, 1),
+            "pod": synthetic(300, 2, fixed=LAUNCHER + 38 * Mi + sum(DAEMONS.values())),
+            "virtqemud": _daemon("virtqemud", 300, 3),
+            "virtlogd": _daemon("virtlogd", 300, 4),
+        }
+    )
+    _, summary = run_fit(scoped, scope=["pod", "qemu", "virtqemud", "virtlogd"], target=0.99)
+    fit = summary.to_json()
+    assert fit["fixedPart"] == {
+        "qemu": "qemu",
+        "pod": "virtLauncherMonitor",
+        "virtqemud": "virtqemud",
+        "virtlogd": "virtlogd",
+    }
+    assert summary.component("virtLauncher").reason == "collinear with virtLauncherMonitor"
+    for daemon, truth in DAEMONS.items():
+        estimate = summary.component(daemon).estimate
+        assert estimate is not None and abs(estimate - truth) < 0.02 * Mi
+    monitor = summary.component("virtLauncherMonitor").estimate
+    assert monitor is not None and abs(monitor - (LAUNCHER - 100 * Mi)) < 0.3 * Mi
+    assert all(part["coverage"] >= 0.97 for part in fit["heldOut"]["perScope"].values())
