@@ -1,10 +1,13 @@
-"""The committed report of the measured kvm table shows what ``overhead-service report`` writes today.
+"""The committed reports of the measured tables show what ``overhead-service report`` writes today.
 
-It was written by::
+They were written by::
 
     overhead-service report kvm-measured-pvm-2026-11 \\
         --records overhead_service/data/measurements/kvm-amd64-pvm-2026-11-26.jsonl \\
         --out docs/reports/kvm-measured-pvm-2026-11.html
+    overhead-service report kvm-libvirt-measured-pvm-2026-12 \\
+        --records overhead_service/data/measurements/kvm-amd64-pvm-libvirt-2026-12-04.jsonl \\
+        --out docs/reports/kvm-libvirt-measured-pvm-2026-12.html
 
 This test runs that command again and compares what the two pages *show*: the text of every table
 cell, every heading and paragraph, every number and every ``data-``/``title`` attribute.  Markup and
@@ -20,14 +23,18 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from overhead_service import cli
 from tests.support import ROOT
 
-TABLE = "kvm-measured-pvm-2026-11"
-RECORDS = ROOT / "overhead_service" / "data" / "measurements" / "kvm-amd64-pvm-2026-11-26.jsonl"
-COMMITTED = ROOT / "docs" / "reports" / f"{TABLE}.html"
+MEASUREMENTS = ROOT / "overhead_service" / "data" / "measurements"
+# table -> its raw records, and how many plots its report has (four per scope)
+REPORTS = {
+    "kvm-measured-pvm-2026-11": (MEASUREMENTS / "kvm-amd64-pvm-2026-11-26.jsonl", 4),
+    "kvm-libvirt-measured-pvm-2026-12": (MEASUREMENTS / "kvm-amd64-pvm-libvirt-2026-12-04.jsonl", 12),
+}
 NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
 SHOWN_ATTRIBUTES = ("id", "title", "alt", "data-key", "data-table", "data-value")
 
@@ -85,21 +92,27 @@ def shown(page: str) -> Shown:
     return reader.shown
 
 
-def test_the_committed_report_shows_what_the_command_writes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("table", list(REPORTS))
+def test_the_committed_report_shows_what_the_command_writes(table: str, tmp_path: Path) -> None:
+    records, plots = REPORTS[table]
     environment = {"OVERHEAD_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"}
     runner = CliRunner()
     assert runner.invoke(cli.main, ["init-db"], env=environment).exit_code == 0
     out = tmp_path / "report.html"
-    arguments = ["report", TABLE, "--records", str(RECORDS), "--out", str(out)]
+    arguments = ["report", table, "--records", str(records), "--out", str(out)]
     result = runner.invoke(cli.main, arguments, env=environment)
     assert result.exit_code == 0, result.output
 
-    written, committed = shown(out.read_text(encoding="utf-8")), shown(COMMITTED.read_text(encoding="utf-8"))
-    assert written.cells == committed.cells
-    assert written.texts == committed.texts
-    assert written.numbers == committed.numbers
-    assert written.attributes == committed.attributes
-    assert written.images == committed.images == 4
+    committed = ROOT / "docs" / "reports" / f"{table}.html"
+    written, committed_shown = (
+        shown(out.read_text(encoding="utf-8")),
+        shown(committed.read_text(encoding="utf-8")),
+    )
+    assert written.cells == committed_shown.cells
+    assert written.texts == committed_shown.texts
+    assert written.numbers == committed_shown.numbers
+    assert written.attributes == committed_shown.attributes
+    assert written.images == committed_shown.images == plots
     # Not vacuous: the evaluation's figures are among them.
     assert sum(len(row) for table in written.cells for row in table) > 150
     assert ("td", "data-key", "coverage") in written.attributes
