@@ -29,6 +29,9 @@ from typing import Any
 
 from overhead_service import calibration
 from overhead_service.calibration.records import validate_record
+from overhead_service.model.tables import TableRegistry, compile_table
+
+
 def main() -> int:
     args = _parser().parse_args()
     scopes = calibration.check_scopes(args.scope or ["qemu"])
@@ -87,7 +90,10 @@ def _parser() -> argparse.ArgumentParser:
 def _read_records(paths: list[Path]) -> list[dict[str, Any]]:
     """Every record of the files, each validated by the service's own definition."""
     return [
-        validate_record(json.loads(line)) for path in paths for line in path.read_text().splitlines() if line.strip()
+        validate_record(json.loads(line))
+        for path in paths
+        for line in path.read_text().splitlines()
+        if line.strip()
     ]
 
 

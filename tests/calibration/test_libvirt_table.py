@@ -103,5 +103,7 @@ def test_it_is_not_active_by_default() -> None:
     assert measured["table"] == {"id": TABLE, "provisional": False}
     by_name = {c["name"]: c["bytes"] for c in measured["components"]}
     upstream = {c["name"]: c["bytes"] for c in default["components"]}
-    assert by_name["virtLauncher"] == upstream["virtLauncher"] and by_name["virtqemud"] < upstream["virtqemud"]
+    assert (
+        by_name["virtLauncher"] == upstream["virtLauncher"] and by_name["virtqemud"] < upstream["virtqemud"]
+    )
     assert measured["overhead"]["bytes"] < default["overhead"]["bytes"]
