@@ -332,7 +332,13 @@ def compile_table(document: Mapping[str, Any]) -> Table:
 class TableRegistry:
     """The tables the service knows, by id.  Built-in tables ship with the package."""
 
-    BUILTIN: Final = ("kubevirt-v1.9.0", "kubevirt-main", "mshv-l1vh-provisional", "kvm-measured-pvm-2026-11")
+    BUILTIN: Final = (
+        "kubevirt-v1.9.0",
+        "kubevirt-main",
+        "mshv-l1vh-provisional",
+        "kvm-measured-pvm-2026-11",
+        "kvm-libvirt-measured-pvm-2026-12",
+    )
 
     def __init__(self, tables: Iterable[Table] = ()) -> None:
         self._tables: dict[str, Table] = {}

@@ -208,6 +208,7 @@ def test_tables(runner: FlaskCliRunner, client: FlaskClient) -> None:
         "kubevirt-main",
         "mshv-l1vh-provisional",
         "kvm-measured-pvm-2026-11",
+        "kvm-libvirt-measured-pvm-2026-12",
     ]
     assert all(row[1].startswith(("KubeVirt ", "mshv ", "kvm/amd64 measured")) for row in rows)
     as_json = runner.invoke(cli.main, ["tables", "--json"])

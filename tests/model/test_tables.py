@@ -64,6 +64,7 @@ def test_builtin_ids(registry: TableRegistry) -> None:
         "kubevirt-main",
         "mshv-l1vh-provisional",
         "kvm-measured-pvm-2026-11",
+        "kvm-libvirt-measured-pvm-2026-12",
     ]
     assert "kubevirt-main" in registry
     assert "kubevirt-v1.9.0" in registry

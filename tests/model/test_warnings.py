@@ -320,6 +320,7 @@ def test_each_table_has_a_kubevirt_release() -> None:
         "kubevirt-main": "main",
         "mshv-l1vh-provisional": "v1.9.0",
         "kvm-measured-pvm-2026-11": "v1.9.0",  # its parent's
+        "kvm-libvirt-measured-pvm-2026-12": "v1.9.0",
     }
 
 

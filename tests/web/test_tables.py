@@ -23,13 +23,14 @@ def test_list(client: FlaskClient) -> None:
         "kubevirt-main",
         "mshv-l1vh-provisional",
         "kvm-measured-pvm-2026-11",
+        "kvm-libvirt-measured-pvm-2026-12",
     ]
     assert body["tables"] == TableRegistry.builtin().summaries()
     for summary in body["tables"]:
         assert summary["title"]
         assert summary["provenance"]
         expected = {("mshv", "*")} if summary["id"].startswith("mshv") else {("kvm", "*"), ("mshv", "*")}
-        if summary["id"].startswith("kvm-measured"):
+        if summary["id"].startswith(("kvm-measured", "kvm-libvirt-measured")):
             expected |= {("kvm", "amd64")}  # the fitted model, next to the parent's
         assert {(m["hypervisor"], m["arch"]) for m in summary["models"]} == expected
 
