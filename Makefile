@@ -11,9 +11,9 @@ PORT ?= 8080
 BIND ?= 0.0.0.0:$(PORT)
 
 # Debian packages beyond Python, installed when missing: what the test suite needs (PostgreSQL 15
-# server binaries: the tests start a throwaway cluster of their own, see tests/pg.py), and what the
+# server binaries: the tests start a throwaway cluster of their own, see benchmarks/harness/pg.py), and what the
 # benchmark uses (wrk; it falls back to a Python client).
-# qemu-system-x86 and binutils: tests/test_measure.py builds a tiny guest and boots it under QEMU.
+# qemu-system-x86 and binutils: tests/benchmarks/test_measure.py builds a tiny guest and boots it under QEMU.
 # openssl: tests/integration/test_hostile_clients.py makes a self-signed certificate for TLS.
 # libvirt-daemon, libvirt-daemon-driver-qemu and libvirt-clients: tests/benchmarks/test_measure_libvirt.py
 # starts it through a private libvirtd and virtlogd (these packages enable or start no service).
@@ -166,7 +166,7 @@ init-db: install
 	$(BIN)/overhead-service init-db
 
 # The container image (Dockerfile; docs/operations.md). Needs docker or podman, which CI does not
-# have: tests/test_image.py checks the Dockerfile statically and runs the service as the image would.
+# have: tests/integration/test_image.py checks the Dockerfile statically and runs the service as the image would.
 CONTAINER_ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null || echo docker)
 IMAGE ?= overhead-service:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 .PHONY: image

@@ -116,7 +116,8 @@ def main() -> None:
     args = parser.parse_args()
 
     print(
-        f"ingestion over HTTP: gunicorn {args.workers} workers (gthread, 4 threads), loopback, "
+        f"ingestion over HTTP: gunicorn {args.workers} workers (the project's worker class, 4 threads), "
+        "loopback, "
         f"{os.cpu_count()} CPUs shared with the clients; Python {platform.python_version()}, "
         f"SQLAlchemy {sqlalchemy.__version__}; {args.records} records per scenario",
         flush=True,

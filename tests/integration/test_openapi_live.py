@@ -1,14 +1,14 @@
 """schemathesis against the live server: gunicorn (2 workers, the project's settings) on loopback,
 every operation of openapi.yaml over real HTTP, with every check schemathesis has.
 
-The in-process test (tests/test_openapi.py) drives the Flask app directly; this one goes through
+The in-process test (tests/web/test_openapi.py) drives the Flask app directly; this one goes through
 gunicorn's HTTP parsing, keep-alive connections, its worker processes and the database shared
 between them, which the in-process test never exercises.
 
 One check is narrowed, and as little as possible: schemathesis' ``positive_data_acceptance`` still
 runs as is (with its own allowances: 404 for an unknown id, 409 for a state conflict, 401/403 for
 credentials), and only its failures for a 422 problem document that names a rule a schema cannot
-state are forgiven (``semantic_problem`` in tests/support.py: an unknown table id, a ratio Go cannot
+state are forgiven (``semantic_problem`` in tests/support/__init__.py: an unknown table id, a ratio Go cannot
 parse, an overhead overflowing 64 bits, inconsistent measurement records, too few measurements for
 a fit). Any other rejection of schema-valid data still fails, as does every other check.
 """
@@ -42,7 +42,7 @@ def positive_data_accepted_unless_semantic(ctx: Any, response: Any, case: Any) -
     """schemathesis' own positive_data_acceptance, forgiving only a semantic 422 (see above).
 
     Not registered with ``@schemathesis.check``: registered checks run for every schema in the
-    session, and this one must not change what tests/test_openapi.py checks."""
+    session, and this one must not change what tests/web/test_openapi.py checks."""
     try:
         return positive_data_acceptance(ctx, response, case)
     except AssertionError:  # schemathesis' failures are AssertionErrors

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
 """Test data: KubeVirt's golden vectors, recorded cluster answers."""
 
-# --- schemathesis (tests/test_openapi.py in-process, tests/test_openapi_live.py against gunicorn) --
+# --- schemathesis (tests/web/test_openapi.py in-process; tests/integration/test_openapi_live.py live) ---
 
 # Valid by the schema but refused by rules a schema cannot state: the table must exist, the ratio
 # must be a finite number Go parses, and the overhead must fit in 64-bit bytes. Measurement records

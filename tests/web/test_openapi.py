@@ -66,7 +66,7 @@ schema = schemathesis.openapi.from_path(SPEC, config=SchemathesisConfig.from_dic
 
 @schemathesis.check
 def valid_requests_are_accepted(ctx: Any, response: Any, case: Any) -> bool | None:
-    """schemathesis' positive_data_acceptance, except for the semantic 422s (tests/support.py)."""
+    """schemathesis' positive_data_acceptance, except for the semantic 422s (tests/support/__init__.py)."""
     if case.meta is None or not case.meta.generation.mode.is_positive:
         return None
     if response.status_code < 400 or response.status_code == 404:  # 404: GET /v1/tables/{unknown}
