@@ -32,6 +32,7 @@ from benchmarks.harness.pg import PostgresCluster
 from benchmarks.harness.tokens import ADMIN_TOKEN, INGEST_TOKEN, TOKENS, create_schema
 from overhead_service import config, create_app
 from overhead_service.extensions import get_store
+from tests.support import empty_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -152,13 +153,7 @@ def postgres() -> Iterator[PostgresCluster]:
 @pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database on each backend: a SQLite file, or a new PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        return
-    cluster: PostgresCluster = request.getfixturevalue("postgres")
-    url = cluster.create_database()
-    yield url
-    cluster.drop_database(url)
+    yield from empty_database(request, request.param, tmp_path / "store.db")
 
 
 @pytest.fixture

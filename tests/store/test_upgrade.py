@@ -17,12 +17,11 @@ import pytest
 from sqlalchemy import Engine, MetaData, Table, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from benchmarks.harness.pg import PostgresCluster
 from benchmarks.harness.records import libvirt_record, sample
 from overhead_service.store import SCHEMA_VERSION, Store
 from overhead_service.store import measurements as measurements_module
 from overhead_service.store import schema as schema_module
-from tests.support import ROOT
+from tests.support import ROOT, empty_database
 
 V1_DDL = ROOT / "tests" / "data" / "schema"
 
@@ -77,13 +76,8 @@ def _structure(engine: Engine) -> dict[str, Any]:
 @pytest.fixture
 def fresh_url(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> Iterator[str]:
     """Another empty database on the same backend as ``database_url``."""
-    if database_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path / 'fresh.db'}"
-        return
-    cluster: PostgresCluster = request.getfixturevalue("postgres")
-    url = cluster.create_database()
-    yield url
-    cluster.drop_database(url)
+    backend = "sqlite" if database_url.startswith("sqlite") else "postgresql"
+    yield from empty_database(request, backend, tmp_path / "fresh.db")
 
 
 @pytest.fixture

@@ -6,9 +6,13 @@ with the benchmarks and live in :mod:`benchmarks.harness`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from benchmarks.harness.pg import PostgresCluster
 from overhead_service.errors import PROBLEM_BASE
 
 __all__ = [
@@ -16,6 +20,7 @@ __all__ = [
     "ROOT",
     "SEMANTIC_PROBLEMS",
     "SEMANTIC_RECORD_MESSAGES",
+    "empty_database",
     "semantic_problem",
 ]
 
@@ -23,6 +28,19 @@ ROOT = Path(__file__).resolve().parents[2]
 """The checkout."""
 DATA = ROOT / "tests" / "data"
 """Test data: KubeVirt's golden vectors, recorded cluster answers."""
+
+
+def empty_database(request: pytest.FixtureRequest, backend: str, sqlite_file: Path) -> Iterator[str]:
+    """For a fixture: the URL of a new, empty database on ``backend`` (a SQLite file at
+    ``sqlite_file``, or a database in the session's throwaway PostgreSQL, dropped afterwards)."""
+    if backend == "sqlite":
+        yield f"sqlite:///{sqlite_file}"
+        return
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    url = cluster.create_database()
+    yield url
+    cluster.drop_database(url)
+
 
 # --- schemathesis (tests/web/test_openapi.py in-process; tests/integration/test_openapi_live.py live) ---
 
