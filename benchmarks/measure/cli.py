@@ -46,6 +46,7 @@ from benchmarks.measure.upload import (
     UploadFailed,
     UploadRejected,
     read_jsonl,
+    start_outputs,
     write_jsonl,
 )
 from overhead_service.calibration.records import validate_record
@@ -230,19 +231,7 @@ def _run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
             file=err,
             flush=True,
         )
-        if args.out is not None:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text("")
-        uploader = (
-            Uploader(
-                args.url,
-                args.token,
-                batch_size=args.batch_size,
-                log=lambda text: print(text, file=err, flush=True),
-            )
-            if args.url
-            else None
-        )
+        uploader = start_outputs(args.out, args.url, args.token, err, batch_size=args.batch_size)
         try:
             return _measure_all(args, config, planned, skipped, runner, host, run_id, uploader, out, err)
         finally:

@@ -53,7 +53,7 @@ from benchmarks.measure.libvirt_runner import (
 )
 from benchmarks.measure.records import build_libvirt_records, default_run_id, sample_id
 from benchmarks.measure.runner import MIB, OtherQemuRunning, PointFailed
-from benchmarks.measure.upload import MAX_BATCH, PendingUpload, Uploader
+from benchmarks.measure.upload import MAX_BATCH, PendingUpload, start_outputs
 from overhead_service.errors import InputError
 
 __all__ = ["main"]
@@ -181,14 +181,7 @@ def main(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
             file=err,
             flush=True,
         )
-        if args.out is not None:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text("")
-        uploader = (
-            Uploader(args.url, args.token, log=lambda text: print(text, file=err, flush=True))
-            if args.url
-            else None
-        )
+        uploader = start_outputs(args.out, args.url, args.token, err)
         try:
             upload = PendingUpload(uploader, args.batch_size, err)
             return _measure_all(args, config, planned, runner, host, run_id, upload, out, err)

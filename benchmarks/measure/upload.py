@@ -25,6 +25,7 @@ __all__ = [
     "UploadSummary",
     "Uploader",
     "read_jsonl",
+    "start_outputs",
     "write_jsonl",
 ]
 
@@ -224,6 +225,19 @@ class PendingUpload:
                 file=self.err,
             )
         return self.summary.as_dict() | {"error": self.error}
+
+
+def start_outputs(
+    out: Path | None, url: str | None, token: str | None, err: TextIO, **uploader: Any
+) -> Uploader | None:
+    """What both measuring commands do before their first point: empty ``--out`` (creating its
+    folder) and, with ``--url``, the uploader (its progress on ``err``; ``uploader`` its options)."""
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("")
+    if not url:
+        return None
+    return Uploader(url, token or "", log=lambda text: print(text, file=err, flush=True), **uploader)
 
 
 def _retry_after(value: str | None) -> float:
