@@ -12,6 +12,7 @@ import re
 from typing import Any, Final
 
 from benchmarks.measure.cgroups import CgroupFigures
+from benchmarks.measure.config import Point
 from benchmarks.measure.host import HostFacts
 from benchmarks.measure.libvirt_runner import DomainFigures, LibvirtMeasurement
 from benchmarks.measure.procfs import ProcessMemory
@@ -67,16 +68,7 @@ def build_record(measurement: Measurement, host: HostFacts, run_id: str) -> dict
         "overheadBytes": charged - touched,
         "rawBytes": charged,
         "guestTouchedBytes": touched,
-        "vm": {
-            "vcpus": point.vcpus,
-            "guestMemoryBytes": point.memory_mib * MIB,
-            "graphics": point.graphics,
-            "vfio": False,
-            "ioThreads": point.io_threads,
-            "deviceSet": point.device_set,
-            "touchedShare": min(share, 1.0),
-            "vcpusOnline": m.vcpus_online,
-        },
+        "vm": vm_object(point, share, m.vcpus_online),
         "host": host.as_record() | {"accelerator": m.accelerator},
         "measuredAt": m.measured_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "raw": raw,
@@ -114,12 +106,9 @@ def _process_raw(process: ProcessMemory, cgroup: CgroupFigures) -> dict[str, int
     return raw
 
 
-def _vm(m: LibvirtMeasurement, domains: tuple[DomainFigures, ...]) -> dict[str, Any]:
-    point = m.point
-    shares = []
-    for domain in domains:
-        avail = (domain.serial.avail_mib or 0) * MIB
-        shares.append(round((domain.serial.touched_mib or 0) * MIB / avail, 4) if avail else 0.0)
+def vm_object(point: Point, touched_share: float, vcpus_online: bool) -> dict[str, Any]:
+    """A record's ``vm``: the point's shape, the share of its RAM the guest touched (at most 1) and
+    whether every vCPU came online."""
     return {
         "vcpus": point.vcpus,
         "guestMemoryBytes": point.memory_mib * MIB,
@@ -127,9 +116,18 @@ def _vm(m: LibvirtMeasurement, domains: tuple[DomainFigures, ...]) -> dict[str, 
         "vfio": False,
         "ioThreads": point.io_threads,
         "deviceSet": point.device_set,
-        "touchedShare": min(min(shares), 1.0),
-        "vcpusOnline": all(d.serial.online == point.vcpus for d in domains),
+        "touchedShare": min(touched_share, 1.0),
+        "vcpusOnline": vcpus_online,
     }
+
+
+def _vm(m: LibvirtMeasurement, domains: tuple[DomainFigures, ...]) -> dict[str, Any]:
+    point = m.point
+    shares = []
+    for domain in domains:
+        avail = (domain.serial.avail_mib or 0) * MIB
+        shares.append(round((domain.serial.touched_mib or 0) * MIB / avail, 4) if avail else 0.0)
+    return vm_object(point, min(shares), all(d.serial.online == point.vcpus for d in domains))
 
 
 def build_libvirt_records(m: LibvirtMeasurement, host: HostFacts, run_id: str) -> list[dict[str, Any]]:
