@@ -19,23 +19,29 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from benchmarks.measure.cgroups import CgroupError
 from benchmarks.measure.config import ACCELERATORS, BenchConfig, ConfigError, Point, load_config
 from benchmarks.measure.guest import GuestBuildError, build_guest
 from benchmarks.measure.host import HostFacts, choose_accelerator, host_facts
+from benchmarks.measure.loop import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    Progress,
+    append_records,
+    clock,
+    finish_run,
+    run_points,
+)
 from benchmarks.measure.records import build_record, default_run_id, sample_id
 from benchmarks.measure.runner import (
     MIB,
     Measurement,
     OtherQemuRunning,
-    PointFailed,
     Runner,
     default_timeout,
     predict_seconds,
@@ -47,57 +53,11 @@ from benchmarks.measure.upload import (
     UploadRejected,
     read_jsonl,
     start_outputs,
-    write_jsonl,
 )
 from overhead_service.calibration.records import validate_record
 from overhead_service.errors import InputError
 
 __all__ = ["Progress", "main"]
-
-EXIT_OK, EXIT_FAILED_POINTS, EXIT_USAGE, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-
-
-def _clock(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
-
-
-@dataclass
-class Progress:
-    """Points done of total, elapsed time and an estimate of the time left, on one stderr line per
-    event. The estimate scales the predicted cost of the remaining points by how the measured
-    points compared with their predictions."""
-
-    total: int
-    stream: TextIO = field(default_factory=lambda: sys.stderr)
-    started: float = field(default_factory=time.monotonic)
-    done: int = 0
-    predicted_done: float = 0.0
-    actual_done: float = 0.0
-
-    @property
-    def ratio(self) -> float:
-        return self.actual_done / self.predicted_done if self.predicted_done > 0 else 1.0
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-    def line(self, remaining_predicted: float, message: str) -> str:
-        left = remaining_predicted * self.ratio
-        width = len(str(self.total))
-        return (
-            f"[{self.done:>{width}}/{self.total}] {_clock(self.elapsed())} elapsed, "
-            f"~{_clock(left)} left | {message}"
-        )
-
-    def report(self, remaining_predicted: float, message: str) -> None:
-        print(self.line(remaining_predicted, message), file=self.stream, flush=True)
-
-    def point_done(self, predicted: float, actual: float) -> None:
-        self.done += 1
-        self.predicted_done += predicted
-        self.actual_done += actual
 
 
 def _describe(m: Measurement) -> str:
@@ -146,23 +106,17 @@ def _run_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _schedule(
-    config: BenchConfig, max_points: int | None
-) -> tuple[list[tuple[Point, int]], list[tuple[Point, int]]]:
-    schedule = config.schedule()
-    if max_points is not None:
-        return schedule[:max_points], schedule[max_points:]
-    return schedule, []
-
-
-def _run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
-    parser = _run_parser()
-    args = parser.parse_args(argv)
+def _run_config(args: argparse.Namespace, parser: argparse.ArgumentParser, err: TextIO) -> BenchConfig | None:
+    """The config to run (``--repetitions`` applied), or None after saying why it cannot run."""
+    if args.max_points is not None and args.max_points < 0:
+        parser.error("--max-points must not be negative")
+    if not 1 <= args.batch_size <= 10_000:
+        parser.error("--batch-size must be between 1 and 10000")
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"error: {exc}", file=err)
-        return EXIT_USAGE
+        return None
     several = [p.name for p in config.points if p.domains != 1]
     if several:
         print(
@@ -170,49 +124,51 @@ def _run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
             "python -m benchmarks.measure libvirt",
             file=err,
         )
+        return None
+    if args.repetitions is None:
+        return config
+    if args.repetitions < 1:
+        parser.error("--repetitions must be at least 1")
+    return BenchConfig(
+        config.name, config.points, args.repetitions, config.accelerator, config.point_timeout_seconds
+    )
+
+
+def _dry_run(planned: list[tuple[Point, int]], beyond: int, accelerator: str, out: TextIO) -> int:
+    total = sum(predict_seconds(p, accelerator) for p, _ in planned)
+    for point, rep in planned:
+        print(f"{sample_id(point.name, rep)}\t~{predict_seconds(point, accelerator):.1f} s", file=out)
+    print(
+        f"{len(planned)} points ({beyond} beyond --max-points), about {clock(total)} with {accelerator}",
+        file=out,
+    )
+    return EXIT_OK
+
+
+def _run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
+    parser = _run_parser()
+    args = parser.parse_args(argv)
+    config = _run_config(args, parser, err)
+    if config is None:
         return EXIT_USAGE
-    if args.repetitions is not None:
-        if args.repetitions < 1:
-            parser.error("--repetitions must be at least 1")
-        config = BenchConfig(
-            config.name, config.points, args.repetitions, config.accelerator, config.point_timeout_seconds
-        )
-    if args.max_points is not None and args.max_points < 0:
-        parser.error("--max-points must not be negative")
-    if not 1 <= args.batch_size <= 10_000:
-        parser.error("--batch-size must be between 1 and 10000")
-    requested = args.accelerator or config.accelerator
-    accelerator = choose_accelerator(requested)
+    accelerator = choose_accelerator(args.accelerator or config.accelerator)
     if accelerator == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
         print("error: accelerator kvm requested but /dev/kvm cannot be opened", file=err)
         return EXIT_USAGE
-    planned, skipped = _schedule(config, args.max_points)
-
+    schedule = config.schedule()
+    planned = schedule[: args.max_points] if args.max_points is not None else schedule
     if args.dry_run:
-        total = sum(predict_seconds(p, accelerator) for p, _ in planned)
-        for point, rep in planned:
-            print(f"{sample_id(point.name, rep)}\t~{predict_seconds(point, accelerator):.1f} s", file=out)
-        print(
-            f"{len(planned)} points ({len(skipped)} beyond --max-points), about {_clock(total)} "
-            f"with {accelerator}",
-            file=out,
-        )
-        return EXIT_OK
+        return _dry_run(planned, len(schedule) - len(planned), accelerator, out)
     if args.out is None and not args.url:
         parser.error("give --out FILE.jsonl, --url (or $OVERHEAD_URL), or both")
     if args.url and not args.token:
         parser.error("--url needs --token (or $OVERHEAD_TOKEN)")
-
     try:
         guest = build_guest(args.cache_dir)
-    except GuestBuildError as exc:
-        print(f"error: {exc}", file=err)
-        return EXIT_USAGE
-    try:
         runner = Runner(
             accelerator=accelerator, guest=guest, qemu=args.qemu, wait_other_qemu=args.wait_other_qemu
         )
-    except (FileNotFoundError, RuntimeError) as exc:
+    except (GuestBuildError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=err)
         return EXIT_USAGE
     with runner:
@@ -222,9 +178,8 @@ def _run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
             print(f"error: {exc}", file=err)
             return EXIT_REFUSED
         host = host_facts(accelerator, runner.qemu)
-        run_id = args.run_id or default_run_id(
-            config.name, accelerator, host.node, datetime.now(UTC).strftime("%Y%m%d")
-        )
+        date = datetime.now(UTC).strftime("%Y%m%d")
+        run_id = args.run_id or default_run_id(config.name, accelerator, host.node, date)
         print(
             f"run {run_id}: {len(planned)} points with {accelerator} on {host.node} "
             f"(QEMU {host.qemu}, kernel {host.kernel}, guest {guest})",
@@ -233,7 +188,8 @@ def _run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
         )
         uploader = start_outputs(args.out, args.url, args.token, err, batch_size=args.batch_size)
         try:
-            return _measure_all(args, config, planned, skipped, runner, host, run_id, uploader, out, err)
+            upload = PendingUpload(uploader, args.batch_size, err)
+            return _measure_all(args, config, planned, runner, host, run_id, upload, out, err)
         finally:
             if uploader is not None:
                 uploader.close()
@@ -243,93 +199,33 @@ def _measure_all(
     args: argparse.Namespace,
     config: BenchConfig,
     planned: list[tuple[Point, int]],
-    skipped: list[tuple[Point, int]],
     runner: Runner,
     host: HostFacts,
     run_id: str,
-    uploader: Uploader | None,
+    upload: PendingUpload,
     out: TextIO,
     err: TextIO,
 ) -> int:
     accelerator = runner.accelerator
-    progress = Progress(total=len(planned), stream=err)
-    predictions = [predict_seconds(point, accelerator) for point, _ in planned]
-    failures: list[dict[str, str]] = []
-    upload = PendingUpload(uploader, args.batch_size, err)
-    status = EXIT_OK
-    stop_reason: str | None = None
-    measured = 0
-    next_index = 0
-    try:
-        while next_index < len(planned):
-            point, rep = planned[next_index]
-            prediction = predictions[next_index]
-            remaining = sum(predictions[next_index + 1 :])
-            expected = prediction * max(progress.ratio, 1.0)
-            bound = config.point_timeout_seconds or default_timeout(point, accelerator)
-            if args.max_seconds is not None:
-                budget = args.max_seconds - progress.elapsed()
-                if expected > budget:
-                    stop_reason = (
-                        f"--max-seconds {args.max_seconds:g}: {point.name} needs ~{expected:.0f} s, "
-                        f"{max(budget, 0):.0f} s left"
-                    )
-                    break
-                bound = min(bound, budget)
-            label = sample_id(point.name, rep)
-            began = time.monotonic()
-            try:
-                measurement = runner.measure(point, rep, bound)
-                record = build_record(measurement, host, run_id)
-            except (PointFailed, InputError) as exc:
-                failures.append({"sampleId": label, "error": str(exc)})
-                next_index += 1
-                progress.point_done(prediction, time.monotonic() - began)
-                progress.report(remaining, f"{label}: FAILED: {exc}")
-                continue
-            except (OtherQemuRunning, CgroupError) as exc:
-                stop_reason = str(exc)
-                status = EXIT_REFUSED
-                break
-            next_index += 1
-            measured += 1
-            progress.point_done(prediction, time.monotonic() - began)
-            progress.report(remaining, f"{label}: {_describe(measurement)}")
-            if args.out is not None:
-                write_jsonl(args.out, [record])
-            upload.add([record])
-    except KeyboardInterrupt:
-        stop_reason = "interrupted"
-        status = EXIT_INTERRUPTED
-    not_run = planned[next_index:]
-    skipped = not_run + skipped
-    uploaded = upload.finish(args.out, run_id)
-    if stop_reason:
-        print(f"stopped: {stop_reason}", file=err)
-    if skipped:
-        names = ", ".join(sample_id(p.name, r) for p, r in skipped[:20])
-        more = f" and {len(skipped) - 20} more" if len(skipped) > 20 else ""
-        print(f"skipped {len(skipped)} points: {names}{more}", file=err)
-    for failure in failures:
-        print(f"failed: {failure['sampleId']}: {failure['error']}", file=err)
-    summary: dict[str, Any] = {
-        "runId": run_id,
-        "accelerator": accelerator,
-        "scheduled": len(config.schedule()),
-        "measured": measured,
-        "failed": failures,
-        "skipped": [sample_id(p.name, r) for p, r in skipped],
-        "stopReason": stop_reason,
-        "seconds": round(progress.elapsed(), 1),
-        "out": str(args.out) if args.out is not None else None,
-        "upload": uploaded,
-    }
-    print(json.dumps(summary), file=out, flush=True)
-    if status != EXIT_OK:
-        return status
-    if upload.error is not None:
-        return EXIT_REFUSED
-    return EXIT_FAILED_POINTS if failures else EXIT_OK
+
+    def measure(point: Point, rep: int, bound: float) -> tuple[list[dict[str, Any]], str]:
+        measurement = runner.measure(point, rep, bound)
+        return [build_record(measurement, host, run_id)], _describe(measurement)
+
+    def keep(records: list[dict[str, Any]]) -> None:
+        append_records(args.out, records)
+        upload.add(records)
+
+    outcome = run_points(
+        planned,
+        [predict_seconds(point, accelerator) for point, _ in planned],
+        timeout_of=lambda point: config.point_timeout_seconds or default_timeout(point, accelerator),
+        max_seconds=args.max_seconds,
+        measure=measure,
+        keep=keep,
+        err=err,
+    )
+    return finish_run(outcome, config, run_id, upload, args.out, {"accelerator": accelerator}, out, err)
 
 
 # --- upload ---------------------------------------------------------------------------------------

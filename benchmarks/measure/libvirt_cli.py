@@ -20,10 +20,8 @@ upload failed or was rejected, 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -31,15 +29,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from benchmarks.measure.cgroups import CgroupError
-from benchmarks.measure.cli import (
-    EXIT_FAILED_POINTS,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_REFUSED,
-    EXIT_USAGE,
-    Progress,
-    _clock,
-)
 from benchmarks.measure.config import ACCELERATORS, BenchConfig, ConfigError, Point, load_config
 from benchmarks.measure.guest import GuestBuildError, build_guest
 from benchmarks.measure.host import HostFacts, choose_accelerator, host_facts
@@ -47,14 +36,22 @@ from benchmarks.measure.libvirt_install import DAEMONS, LibvirtUnavailable, find
 from benchmarks.measure.libvirt_runner import (
     LibvirtMeasurement,
     LibvirtRunner,
-    blocked_signals,
     libvirt_timeout,
     predict_libvirt_seconds,
 )
+from benchmarks.measure.loop import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    append_records,
+    clock,
+    finish_run,
+    run_points,
+)
 from benchmarks.measure.records import build_libvirt_records, default_run_id, sample_id
-from benchmarks.measure.runner import MIB, OtherQemuRunning, PointFailed
+from benchmarks.measure.runner import MIB, OtherQemuRunning
 from benchmarks.measure.upload import MAX_BATCH, PendingUpload, start_outputs
-from overhead_service.errors import InputError
 
 __all__ = ["main"]
 
@@ -130,7 +127,7 @@ def _dry_run(planned: list[tuple[Point, int]], accelerator: str, out: TextIO) ->
     for point, rep in planned:
         print(f"{sample_id(point.name, rep)}\t~{predict_libvirt_seconds(point, accelerator):.1f} s", file=out)
     total = sum(predict_libvirt_seconds(p, accelerator) for p, _ in planned)
-    print(f"{len(planned)} points, about {_clock(total)} with {accelerator}", file=out)
+    print(f"{len(planned)} points, about {clock(total)} with {accelerator}", file=out)
     return EXIT_OK
 
 
@@ -204,19 +201,6 @@ def _describe(m: LibvirtMeasurement) -> str:
     )
 
 
-def _append(path: Path | None, records: list[dict[str, Any]]) -> None:
-    """All of a point's records in one write, with SIGINT and SIGTERM held back (none: no --out)."""
-    if path is None:
-        return
-    text = "".join(json.dumps(record, separators=(",", ":")) + "\n" for record in records)
-    with blocked_signals():
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        try:
-            os.write(fd, text.encode())
-        finally:
-            os.close(fd)
-
-
 def _measure_all(
     args: argparse.Namespace,
     config: BenchConfig,
@@ -229,97 +213,27 @@ def _measure_all(
     err: TextIO,
 ) -> int:
     accelerator = runner.accelerator
-    progress = Progress(total=len(planned), stream=err)
-    predictions = [predict_libvirt_seconds(point, accelerator) for point, _ in planned]
-    failures: list[dict[str, str]] = []
-    status, stop_reason, measured, index = EXIT_OK, None, 0, 0
-    try:
-        while index < len(planned):
-            point, rep = planned[index]
-            remaining = sum(predictions[index + 1 :])
-            bound, stop_reason = _bound(args, config, progress, point, predictions[index])
-            if stop_reason:
-                break
-            label, began = sample_id(point.name, rep), time.monotonic()
-            try:
-                measurement = runner.measure(point, rep, bound)
-                records = build_libvirt_records(measurement, host, run_id)
-            except (PointFailed, InputError) as exc:
-                failures.append({"sampleId": label, "error": str(exc)})
-                index += 1
-                progress.point_done(predictions[index - 1], time.monotonic() - began)
-                progress.report(remaining, f"{label}: FAILED: {exc}")
-                continue
-            except (OtherQemuRunning, CgroupError) as exc:
-                stop_reason, status = str(exc), EXIT_REFUSED
-                break
-            _append(args.out, records)
-            upload.add(records)
-            index += 1
-            measured += 1
-            progress.point_done(predictions[index - 1], time.monotonic() - began)
-            progress.report(remaining, f"{label}: {_describe(measurement)}")
-    except KeyboardInterrupt:
-        stop_reason, status = "interrupted", EXIT_INTERRUPTED
-    skipped = [sample_id(p.name, r) for p, r in config.schedule()[index:]]  # also beyond --max-points
-    uploaded = upload.finish(args.out, run_id)
-    outcome = (measured, failures, skipped, stop_reason, uploaded)
-    _finish(args, config, runner, run_id, progress, outcome, out, err)
-    if status != EXIT_OK:
-        return status
-    if upload.error is not None:
-        return EXIT_REFUSED
-    return EXIT_FAILED_POINTS if failures else EXIT_OK
 
+    def measure(point: Point, rep: int, bound: float) -> tuple[list[dict[str, Any]], str]:
+        measurement = runner.measure(point, rep, bound)
+        return build_libvirt_records(measurement, host, run_id), _describe(measurement)
 
-def _bound(
-    args: argparse.Namespace, config: BenchConfig, progress: Progress, point: Point, prediction: float
-) -> tuple[float, str | None]:
-    """The point's time bound, or why the run stops before it (``--max-seconds``)."""
-    bound = config.point_timeout_seconds or libvirt_timeout(point)
-    if args.max_seconds is None:
-        return bound, None
-    expected = prediction * max(progress.ratio, 1.0)
-    budget = args.max_seconds - progress.elapsed()
-    if expected > budget:
-        return bound, (
-            f"--max-seconds {args.max_seconds:g}: {point.name} needs ~{expected:.0f} s, "
-            f"{max(budget, 0):.0f} s left"
-        )
-    return min(bound, budget), None
+    def keep(records: list[dict[str, Any]]) -> None:
+        append_records(args.out, records)
+        upload.add(records)
 
-
-def _finish(
-    args: argparse.Namespace,
-    config: BenchConfig,
-    runner: LibvirtRunner,
-    run_id: str,
-    progress: Progress,
-    outcome: tuple[int, list[dict[str, str]], list[str], str | None, dict[str, Any] | None],
-    out: TextIO,
-    err: TextIO,
-) -> None:
-    """What was skipped or failed (stderr), and the run's one-line JSON summary (stdout)."""
-    measured, failures, skipped, stop_reason, uploaded = outcome
-    if stop_reason:
-        print(f"stopped: {stop_reason}", file=err)
-    if skipped:
-        more = f" and {len(skipped) - 20} more" if len(skipped) > 20 else ""
-        print(f"skipped {len(skipped)} points: {', '.join(skipped[:20])}{more}", file=err)
-    for failure in failures:
-        print(f"failed: {failure['sampleId']}: {failure['error']}", file=err)
-    summary = {
-        "runId": run_id,
-        "accelerator": runner.accelerator,
+    outcome = run_points(
+        planned,
+        [predict_libvirt_seconds(point, accelerator) for point, _ in planned],
+        timeout_of=lambda point: config.point_timeout_seconds or libvirt_timeout(point),
+        max_seconds=args.max_seconds,
+        measure=measure,
+        keep=keep,
+        err=err,
+    )
+    facts = {
+        "accelerator": accelerator,
         "daemon": runner.install.daemon,
         "libvirt": runner.install.version_text,
-        "scheduled": len(config.schedule()),
-        "measured": measured,
-        "failed": failures,
-        "skipped": skipped,
-        "stopReason": stop_reason,
-        "seconds": round(progress.elapsed(), 1),
-        "out": None if args.out is None else str(args.out),
-        "upload": uploaded,
     }
-    print(json.dumps(summary), file=out, flush=True)
+    return finish_run(outcome, config, run_id, upload, args.out, facts, out, err)
