@@ -28,7 +28,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from benchmarks.measure.cgroups import CgroupError, CgroupFigures, create_memory_cgroup, find_memory_parent
+from benchmarks.measure.cgroups import (
+    CgroupError,
+    CgroupFigures,
+    MemoryCgroup,
+    create_memory_cgroup,
+    find_memory_parent,
+)
 from benchmarks.measure.config import Point
 from benchmarks.measure.guest import SerialReport, parse_serial
 from benchmarks.measure.host import QemuFiles, evict_page_cache, other_qemus
@@ -215,6 +221,44 @@ def _flock_polling(fd: int, timeout: float) -> bool:
     return False
 
 
+def _start_in_cgroup(
+    argv: list[str], cgroup: MemoryCgroup, errors: Path, point_dir: Path
+) -> subprocess.Popen[bytes]:
+    """QEMU started inside ``cgroup`` (it joins between fork and exec: charges never move here),
+    its output in ``errors``, in a session of its own (Ctrl-C reaches us; we stop QEMU ourselves)."""
+
+    def enter_cgroup() -> None:  # runs in the child between fork and exec
+        cgroup.add_pid(os.getpid())
+
+    with errors.open("wb") as err:
+        try:
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                preexec_fn=enter_cgroup,
+                start_new_session=True,
+                cwd=point_dir,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise PointFailed(f"cannot start QEMU in {cgroup.path}: {exc}") from None
+
+
+def _process_figures(pid: int, point: Point) -> ProcessFigures:
+    """What ``/proc`` says of QEMU's memory once it has settled."""
+    status = status_kib(pid)
+    return ProcessFigures(
+        rss=status.get("VmRSS", 0) * KIB,
+        rss_anon=status.get("RssAnon", 0) * KIB,
+        rss_file=status.get("RssFile", 0) * KIB,
+        pss=process_memory(pid).pss,
+        page_tables=status.get("VmPTE", 0) * KIB,
+        guest_ram_rss=guest_ram_rss_kib(pid, point.memory_mib) * KIB,
+        threads=status.get("Threads", 0),
+    )
+
+
 class Runner:
     """Measures points one at a time with one accelerator (a run never mixes them)."""
 
@@ -328,37 +372,12 @@ class Runner:
         process: subprocess.Popen[bytes] | None = None
         failed = True
         try:
-            with errors.open("wb") as err:
-
-                def enter_cgroup() -> None:  # runs in the child between fork and exec
-                    cgroup.add_pid(os.getpid())
-
-                started = time.monotonic()
-                try:
-                    process = subprocess.Popen(
-                        argv,
-                        stdin=subprocess.DEVNULL,
-                        stdout=err,
-                        stderr=err,
-                        preexec_fn=enter_cgroup,
-                        start_new_session=True,  # Ctrl-C reaches us, and we stop QEMU ourselves
-                        cwd=point_dir,
-                    )
-                except (OSError, subprocess.SubprocessError) as exc:
-                    raise PointFailed(f"cannot start QEMU in {cgroup.path}: {exc}") from None
+            started = time.monotonic()
+            process = _start_in_cgroup(argv, cgroup, errors, point_dir)
             report = self._wait_touched(process, serial, errors, started + bound, bound)
             try:
                 wait_until_rss_settles(process.pid, self.settle_seconds, self.settle_max_seconds)
-                status = status_kib(process.pid)
-                figures = ProcessFigures(
-                    rss=status.get("VmRSS", 0) * KIB,
-                    rss_anon=status.get("RssAnon", 0) * KIB,
-                    rss_file=status.get("RssFile", 0) * KIB,
-                    pss=process_memory(process.pid).pss,
-                    page_tables=status.get("VmPTE", 0) * KIB,
-                    guest_ram_rss=guest_ram_rss_kib(process.pid, point.memory_mib) * KIB,
-                    threads=status.get("Threads", 0),
-                )
+                figures = _process_figures(process.pid, point)
                 charged = cgroup.read()
                 measured_at = datetime.now(UTC)
                 seconds = time.monotonic() - started
