@@ -149,6 +149,19 @@ def expand(data: Any, *, default_name: str = "measure") -> BenchConfig:
     if timeout is not None and (type(timeout) not in (int, float) or not 1 <= timeout <= 3600):
         raise ConfigError("pointTimeoutSeconds: must be a number of seconds between 1 and 3600")
 
+    points = _points(data)
+    return BenchConfig(
+        name=name,
+        points=tuple(points),
+        repetitions=repetitions,
+        accelerator=accelerator,
+        point_timeout_seconds=float(timeout) if timeout is not None else None,
+    )
+
+
+def _points(data: Mapping[str, Any]) -> list[Point]:
+    """The config's points: its matrices crossed and its listed points, each over the defaults,
+    the first of each name kept."""
     defaults = dict(_BUILTIN_DEFAULTS)
     given_defaults = data.get("defaults", {})
     if not isinstance(given_defaults, Mapping):
@@ -156,6 +169,23 @@ def expand(data: Any, *, default_name: str = "measure") -> BenchConfig:
     _known_fields(given_defaults, "defaults", allow_name=False)
     defaults.update(given_defaults)
 
+    points: list[Point] = []
+    seen: set[str] = set()
+    for where, fields in _raw_points(data):
+        merged = dict(defaults)
+        if "touchPct" in fields or "touchMiB" in fields:  # a point's own touch replaces the default's
+            merged.pop("touchPct", None)
+            merged.pop("touchMiB", None)
+        merged.update(fields)
+        point = _point(merged, where)
+        if point.name not in seen:
+            seen.add(point.name)
+            points.append(point)
+    return points
+
+
+def _raw_points(data: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """Each point's fields as written, with where it came from (for messages)."""
     matrices: list[Any] = []
     if "matrix" in data:
         matrices.append(data["matrix"])
@@ -177,26 +207,7 @@ def expand(data: Any, *, default_name: str = "measure") -> BenchConfig:
         raw_points.append((f"points[{p_index}]", item))
     if not raw_points:
         raise ConfigError("no points: give a matrix, matrices or points")
-
-    points: list[Point] = []
-    seen: set[str] = set()
-    for where, fields in raw_points:
-        merged = dict(defaults)
-        if "touchPct" in fields or "touchMiB" in fields:  # a point's own touch replaces the default's
-            merged.pop("touchPct", None)
-            merged.pop("touchMiB", None)
-        merged.update(fields)
-        point = _point(merged, where)
-        if point.name not in seen:
-            seen.add(point.name)
-            points.append(point)
-    return BenchConfig(
-        name=name,
-        points=tuple(points),
-        repetitions=repetitions,
-        accelerator=accelerator,
-        point_timeout_seconds=float(timeout) if timeout is not None else None,
-    )
+    return raw_points
 
 
 def _cross(matrix: Any, where: str) -> Iterable[tuple[str, Mapping[str, Any]]]:
