@@ -24,7 +24,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -67,14 +67,36 @@ def timed(function: Callable[[], Any], repeat: int) -> tuple[float, Any]:
     return statistics.median(times), result
 
 
-def main() -> int:
+def _measure_size(n: int, parent: dict[str, Any], options: dict[str, Any], repeat: int) -> dict[str, Any]:
+    """Fit ``n`` synthetic samples (columns in, and from Sample objects), print the row, return it."""
+    arrays = synthetic(n, seed=n)
+    samples = [arrays.sample(i, "qemu") for i in range(n)]
+    fit_seconds, (_, report) = timed(partial(calibration.fit_arrays, arrays, parent, **options), repeat)
+    convert_seconds, _ = timed(partial(calibration.SampleArrays.from_samples, samples, "qemu"), repeat)
+    del samples
+    total = fit_seconds + convert_seconds
+    print(
+        f"{n:>9,} | {fit_seconds:>12.3f} | {convert_seconds:>16.3f} | {total:>14.3f} | "
+        f"{report.held_out['coverage']:>13.5f} | {report.margin_bytes / Mi:>10.3f}"
+    )
+    return {
+        "samples": n,
+        "fitArraysSeconds": round(fit_seconds, 4),
+        "samplesToColumnsSeconds": round(convert_seconds, 4),
+        "fitSamplesSeconds": round(total, 4),
+        "heldOutCoverage": report.held_out["coverage"],
+        "marginBytes": report.margin_bytes,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     parent = json.loads((ROOT / "overhead_service/data/tables/kubevirt-v1.9.0.json").read_text())
     options: dict[str, Any] = {
@@ -95,31 +117,7 @@ def main() -> int:
     )
     print(header)
     print("-" * len(header))
-    results = []
-    for n in args.sizes:
-        arrays = synthetic(n, seed=n)
-        samples = [arrays.sample(i, "qemu") for i in range(n)]
-        fit_seconds, (_, report) = timed(
-            partial(calibration.fit_arrays, arrays, parent, **options), args.repeat
-        )
-        convert_seconds, _ = timed(
-            partial(calibration.SampleArrays.from_samples, samples, "qemu"), args.repeat
-        )
-        del samples
-        row = {
-            "samples": n,
-            "fitArraysSeconds": round(fit_seconds, 4),
-            "samplesToColumnsSeconds": round(convert_seconds, 4),
-            "fitSamplesSeconds": round(fit_seconds + convert_seconds, 4),
-            "heldOutCoverage": report.held_out["coverage"],
-            "marginBytes": report.margin_bytes,
-        }
-        results.append(row)
-        total = fit_seconds + convert_seconds
-        print(
-            f"{n:>9,} | {fit_seconds:>12.3f} | {convert_seconds:>16.3f} | {total:>14.3f} | "
-            f"{report.held_out['coverage']:>13.5f} | {report.margin_bytes / Mi:>10.3f}"
-        )
+    results = [_measure_size(n, parent, options, args.repeat) for n in args.sizes]
     big = next((r for r in results if r["samples"] == TARGET_N), None)
     if big is not None:
         verdict = "met" if big["fitArraysSeconds"] <= TARGET_SECONDS else "MISSED"

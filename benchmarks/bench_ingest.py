@@ -19,6 +19,7 @@ import os
 import platform
 import statistics
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,12 +109,15 @@ def bench_backend(name: str, url: str, records: int, workers: int) -> list[dict[
     return rows
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=40_000, help="records per scenario (default 40000)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    smallest = max(batch * clients for batch, clients in SCENARIOS)
+    if args.records < smallest:
+        parser.error(f"--records must be at least {smallest}: every client sends whole batches")
 
     print(
         f"ingestion over HTTP: gunicorn {args.workers} workers (the project's worker class, 4 threads), "

@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from http.client import HTTPConnection
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -337,8 +338,8 @@ def bench_batch_in_process(requests: list[dict[str, Any]]) -> float:
     return min(runs) / len(requests) * 1e6
 
 
-def main() -> int:
-    args = _parser().parse_args()
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     requests = corpus(10_000)
     distinct = len({json.dumps(memo_key(r, r["vmi"])) for r in requests})
     engine = bench_engine(requests[:2000])
