@@ -31,8 +31,8 @@ import sys
 import tempfile
 import threading
 import time
-from http.client import HTTPConnection
 from collections.abc import Sequence
+from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
