@@ -100,6 +100,22 @@ def _measure_fresh(port: int, body: bytes, timeout: float) -> tuple[threading.Ev
     return stop, result
 
 
+def _slow_connections(port: int, body: bytes, connections: int) -> dict[socket.socket, bytes]:
+    """Open the slow connections; each with what it still has to trickle: half of them the head
+    of a request, the other half the body of one whose head went whole."""
+    head = request_head("GET", "/healthz", {"X-Slow": "a" * 200})
+    body_head = request_head("POST", "/v1/overhead", {**JSON, "Content-Length": str(len(body))})
+    pending: dict[socket.socket, bytes] = {}
+    for index in range(connections):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        if index % 2:
+            pending[sock] = head
+        else:
+            sock.sendall(body_head)
+            pending[sock] = body
+    return pending
+
+
 def slow_round(
     port: int, body: bytes, connections: int, seconds: float, baseline_seconds: float = 3
 ) -> dict[str, Any]:
@@ -111,18 +127,8 @@ def slow_round(
     holder[0].join()
     baseline = holder[1]
 
-    head = request_head("GET", "/healthz", {"X-Slow": "a" * 200})
-    body_head = request_head("POST", "/v1/overhead", {**JSON, "Content-Length": str(len(body))})
-    sockets: list[socket.socket] = []
-    pending: dict[socket.socket, bytes] = {}
-    for index in range(connections):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        if index % 2:
-            pending[sock] = head
-        else:
-            sock.sendall(body_head)
-            pending[sock] = body
-        sockets.append(sock)
+    pending = _slow_connections(port, body, connections)
+    sockets = list(pending)
     started = time.monotonic()
     ended: dict[socket.socket, tuple[float, int | None]] = {}  # when, and the status answered
     stop, holder = _measure_fresh(port, body, timeout=5)
