@@ -24,9 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from benchmarks.measure.config import ACCELERATORS, BenchConfig, ConfigError, Point, load_config
+from benchmarks.measure.config import ACCELERATORS, BenchConfig, Point
 from benchmarks.measure.guest import GuestBuildError, build_guest
-from benchmarks.measure.host import HostFacts, choose_accelerator, host_facts
+from benchmarks.measure.host import HostFacts, host_facts
 from benchmarks.measure.loop import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -37,6 +37,7 @@ from benchmarks.measure.loop import (
     finish_run,
     run_points,
 )
+from benchmarks.measure.plan import plan_run, require_outputs
 from benchmarks.measure.records import build_record, default_run_id, sample_id
 from benchmarks.measure.runner import (
     MIB,
@@ -106,34 +107,6 @@ def _run_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_config(args: argparse.Namespace, parser: argparse.ArgumentParser, err: TextIO) -> BenchConfig | None:
-    """The config to run (``--repetitions`` applied), or None after saying why it cannot run."""
-    if args.max_points is not None and args.max_points < 0:
-        parser.error("--max-points must not be negative")
-    if not 1 <= args.batch_size <= 10_000:
-        parser.error("--batch-size must be between 1 and 10000")
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=err)
-        return None
-    several = [p.name for p in config.points if p.domains != 1]
-    if several:
-        print(
-            f"error: {args.config}: {several[0]}: domains > 1 needs a libvirt daemon; run it with "
-            "python -m benchmarks.measure libvirt",
-            file=err,
-        )
-        return None
-    if args.repetitions is None:
-        return config
-    if args.repetitions < 1:
-        parser.error("--repetitions must be at least 1")
-    return BenchConfig(
-        config.name, config.points, args.repetitions, config.accelerator, config.point_timeout_seconds
-    )
-
-
 def _dry_run(planned: list[tuple[Point, int]], beyond: int, accelerator: str, out: TextIO) -> int:
     total = sum(predict_seconds(p, accelerator) for p, _ in planned)
     for point, rep in planned:
@@ -148,21 +121,13 @@ def _dry_run(planned: list[tuple[Point, int]], beyond: int, accelerator: str, ou
 def _run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
     parser = _run_parser()
     args = parser.parse_args(argv)
-    config = _run_config(args, parser, err)
-    if config is None:
+    plan = plan_run(args, parser, err, one_domain=True)
+    if plan is None:
         return EXIT_USAGE
-    accelerator = choose_accelerator(args.accelerator or config.accelerator)
-    if accelerator == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        print("error: accelerator kvm requested but /dev/kvm cannot be opened", file=err)
-        return EXIT_USAGE
-    schedule = config.schedule()
-    planned = schedule[: args.max_points] if args.max_points is not None else schedule
+    config, accelerator, planned = plan.config, plan.accelerator, plan.planned
     if args.dry_run:
-        return _dry_run(planned, len(schedule) - len(planned), accelerator, out)
-    if args.out is None and not args.url:
-        parser.error("give --out FILE.jsonl, --url (or $OVERHEAD_URL), or both")
-    if args.url and not args.token:
-        parser.error("--url needs --token (or $OVERHEAD_TOKEN)")
+        return _dry_run(planned, plan.beyond, accelerator, out)
+    require_outputs(args, parser)
     try:
         guest = build_guest(args.cache_dir)
         runner = Runner(

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from benchmarks.measure.cgroups import CgroupError
-from benchmarks.measure.config import ACCELERATORS, BenchConfig, ConfigError, Point, load_config
+from benchmarks.measure.config import ACCELERATORS, BenchConfig, Point
 from benchmarks.measure.guest import GuestBuildError, build_guest
-from benchmarks.measure.host import HostFacts, choose_accelerator, host_facts
+from benchmarks.measure.host import HostFacts, host_facts
 from benchmarks.measure.libvirt_install import DAEMONS, LibvirtUnavailable, find_install
 from benchmarks.measure.libvirt_runner import (
     LibvirtMeasurement,
@@ -49,9 +49,10 @@ from benchmarks.measure.loop import (
     finish_run,
     run_points,
 )
+from benchmarks.measure.plan import plan_run, require_outputs
 from benchmarks.measure.records import build_libvirt_records, default_run_id, sample_id
 from benchmarks.measure.runner import MIB, OtherQemuRunning
-from benchmarks.measure.upload import MAX_BATCH, PendingUpload, start_outputs
+from benchmarks.measure.upload import PendingUpload, start_outputs
 
 __all__ = ["main"]
 
@@ -104,25 +105,6 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _config(args: argparse.Namespace, parser: argparse.ArgumentParser, err: TextIO) -> BenchConfig | None:
-    if not 1 <= args.batch_size <= MAX_BATCH:
-        parser.error(f"--batch-size must be between 1 and {MAX_BATCH}")
-    if args.max_points is not None and args.max_points < 0:
-        parser.error("--max-points must not be negative")
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=err)
-        return None
-    if args.repetitions is None:
-        return config
-    if args.repetitions < 1:
-        parser.error("--repetitions must be at least 1")
-    return BenchConfig(
-        config.name, config.points, args.repetitions, config.accelerator, config.point_timeout_seconds
-    )
-
-
 def _dry_run(planned: list[tuple[Point, int]], accelerator: str, out: TextIO) -> int:
     for point, rep in planned:
         print(f"{sample_id(point.name, rep)}\t~{predict_libvirt_seconds(point, accelerator):.1f} s", file=out)
@@ -134,21 +116,13 @@ def _dry_run(planned: list[tuple[Point, int]], accelerator: str, out: TextIO) ->
 def main(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    config = _config(args, parser, err)
-    if config is None:
+    plan = plan_run(args, parser, err, one_domain=False)
+    if plan is None:
         return EXIT_USAGE
-    accelerator = choose_accelerator(args.accelerator or config.accelerator)
-    if accelerator == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        print("error: accelerator kvm requested but /dev/kvm cannot be opened", file=err)
-        return EXIT_USAGE
-    schedule = config.schedule()
-    planned = schedule[: args.max_points] if args.max_points is not None else schedule
+    config, accelerator, planned = plan.config, plan.accelerator, plan.planned
     if args.dry_run:
         return _dry_run(planned, accelerator, out)
-    if args.out is None and not args.url:
-        parser.error("give --out FILE.jsonl, --url (or $OVERHEAD_URL), or both")
-    if args.url and not args.token:
-        parser.error("--url needs --token (or $OVERHEAD_TOKEN)")
+    require_outputs(args, parser)
     try:
         install = find_install(args.daemon, args.libvirt_build_dir)
         runner = LibvirtRunner(
