@@ -7,10 +7,10 @@ one process queue on a lock (:class:`~overhead_service.store.database.Database`)
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, cast
+from typing import Any, Final, NotRequired, TypedDict, Unpack, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +46,20 @@ _STORED: Final = tuple(
     for leaf in LEAVES
     if leaf.column is not None
 )
+
+
+class Selection(TypedDict):
+    """Which stored records a fit-side query reads: those of the hypervisor, arch and scope, and of
+    each other field given (``since`` inclusive, ``until`` exclusive, on ``measuredAt``; a record
+    without ``launcher`` was started directly; None: any)."""
+
+    hypervisor: str
+    arch: str
+    scope: str
+    run_ids: NotRequired[Sequence[str] | None]
+    since: NotRequired[datetime | None]
+    until: NotRequired[datetime | None]
+    launcher: NotRequired[str | None]
 
 
 @dataclass
@@ -127,13 +141,14 @@ class MeasurementStore(Database):
         if type(limit) is not int or not 1 <= limit <= _MAX_PAGE:
             raise InputError("limit", f"must be an integer between 1 and {_MAX_PAGE}")
         query = _filtered(
-            hypervisor=hypervisor,
-            arch=arch,
-            scope=scope,
-            run_ids=run_ids,
-            since=since,
-            until=until,
-            launcher=None,
+            {
+                "hypervisor": hypervisor,
+                "arch": arch,
+                "scope": scope,
+                "run_ids": run_ids,
+                "since": since,
+                "until": until,
+            }
         )
         if cursor is not None:
             query = query.where(measurements.c.id > _decode_cursor(cursor))
@@ -144,70 +159,22 @@ class MeasurementStore(Database):
         next_cursor = str(rows[limit - 1].id) if len(rows) > limit else None
         return items, next_cursor
 
-    def iter_measurements(
-        self,
-        *,
-        hypervisor: str,
-        arch: str,
-        scope: str,
-        run_ids: Sequence[str] | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        launcher: str | None = None,
-    ) -> Iterator[dict[str, Any]]:
+    def iter_measurements(self, **selection: Unpack[Selection]) -> Iterator[dict[str, Any]]:
         """Every matching stored record, streamed in id order (server-side cursor on PostgreSQL).
 
         Ids grow with each batch; within a batch they follow the ``(runId, sampleId)`` order.
         """
-        query = _filtered(
-            hypervisor=hypervisor,
-            arch=arch,
-            scope=scope,
-            run_ids=run_ids,
-            since=since,
-            until=until,
-            launcher=launcher,
-        ).order_by(measurements.c.id)
+        query = _filtered(selection).order_by(measurements.c.id)
         with self.engine.connect() as conn:
             result = conn.execution_options(yield_per=_STREAM_ROWS).execute(query)
             for row in result:
                 yield _stored_record(row)
 
-    def select_measurements(
-        self,
-        *,
-        hypervisor: str,
-        arch: str,
-        scope: str,
-        run_ids: Sequence[str] | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        launcher: str | None = None,
-    ) -> list[dict[str, Any]]:
+    def select_measurements(self, **selection: Unpack[Selection]) -> list[dict[str, Any]]:
         """Every matching stored record (same shape as :meth:`list_measurements` items), for a fit."""
-        return list(
-            self.iter_measurements(
-                hypervisor=hypervisor,
-                arch=arch,
-                scope=scope,
-                run_ids=run_ids,
-                since=since,
-                until=until,
-                launcher=launcher,
-            )
-        )
+        return list(self.iter_measurements(**selection))
 
-    def measurement_columns(
-        self,
-        *,
-        hypervisor: str,
-        arch: str,
-        scope: str,
-        run_ids: Sequence[str] | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        launcher: str | None = None,
-    ) -> dict[str, npt.NDArray[Any]]:
+    def measurement_columns(self, **selection: Unpack[Selection]) -> dict[str, npt.NDArray[Any]]:
         """The fit inputs of every matching record as numpy columns, in id order: the fast way to
         load 10^6 samples (no JSON decoding, no dict per record).
 
@@ -222,7 +189,7 @@ class MeasurementStore(Database):
             func.coalesce(m[name], _FIT_DEFAULTS[name]) if m[name].nullable else m[name]
             for name in FIT_COLUMNS
         ]
-        query = _where(select(*selected), hypervisor, arch, scope, run_ids, since, until, launcher)
+        query = _where(select(*selected), selection)
         query = query.order_by(m.id)
         with self.engine.connect() as conn:
             # Raw DBAPI rows (ints, and bools or 0/1): SQLAlchemy's per-row processing would cost
@@ -235,30 +202,13 @@ class MeasurementStore(Database):
             columns[name] = column.astype(bool) if name in _BOOLEAN_FIT_COLUMNS else column.copy()
         return columns
 
-    def host_facts(
-        self,
-        *,
-        hypervisor: str,
-        arch: str,
-        scope: str,
-        run_ids: Sequence[str] | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        launcher: str | None = None,
-    ) -> dict[str, list[str]]:
+    def host_facts(self, **selection: Unpack[Selection]) -> dict[str, list[str]]:
         """Every distinct value of each host fact among the matching records, sorted:
         ``{"accelerator", "cpuModel", "kernel", "kubevirt", "libvirt", "node", "qemu"}`` (a fact no
         record gave is absent)."""
         names = list(_HOST_FACTS)
         combinations = _where(
-            select(*(measurements.c[_HOST_FACTS[name]] for name in names)).distinct(),
-            hypervisor,
-            arch,
-            scope,
-            run_ids,
-            since,
-            until,
-            launcher,
+            select(*(measurements.c[_HOST_FACTS[name]] for name in names)).distinct(), selection
         )
         values: dict[str, set[str]] = {name: set() for name in names}
         with self.engine.connect() as conn:  # one pass: few distinct combinations, however many rows
@@ -268,21 +218,12 @@ class MeasurementStore(Database):
                         values[name].add(value)
         return {name: sorted(found) for name, found in values.items() if found}
 
-    def launcher_counts(
-        self,
-        *,
-        hypervisor: str,
-        arch: str,
-        scope: str,
-        run_ids: Sequence[str] | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> dict[str, int]:
+    def launcher_counts(self, **selection: Unpack[Selection]) -> dict[str, int]:
         """How many matching records each launcher started (``direct`` for a record without one,
         as a ``qemu`` record before libvirt-launched ones; pod and node records count as that too)."""
         launcher = func.coalesce(measurements.c.launcher, "direct")
         counted = cast(Select[Any], select(launcher, func.count()))
-        query = _where(counted, hypervisor, arch, scope, run_ids, since, until, None).group_by(launcher)
+        query = _where(counted, {**selection, "launcher": None}).group_by(launcher)
         with self.engine.connect() as conn:
             return {str(name): int(count) for name, count in conn.execute(query)}
 
@@ -352,54 +293,26 @@ def _measurement_row(record: dict[str, Any], now: datetime, ingested_by: str | N
     return row
 
 
-def _filtered(
-    *,
-    hypervisor: str | None,
-    arch: str | None,
-    scope: str | None,
-    run_ids: Sequence[str] | None,
-    since: datetime | None,
-    until: datetime | None,
-    launcher: str | None,
-) -> Select[Any]:
+def _filtered(selection: Mapping[str, Any]) -> Select[Any]:
     m = measurements.c
-    return _where(
-        select(m.id, m.record, m.ingested_at, m.ingested_by),
-        hypervisor,
-        arch,
-        scope,
-        run_ids,
-        since,
-        until,
-        launcher,
-    )
+    return _where(select(m.id, m.record, m.ingested_at, m.ingested_by), selection)
 
 
-def _where(
-    query: Select[Any],
-    hypervisor: str | None,
-    arch: str | None,
-    scope: str | None,
-    run_ids: Sequence[str] | None,
-    since: datetime | None,
-    until: datetime | None,
-    launcher: str | None,
-) -> Select[Any]:
+def _where(query: Select[Any], selection: Mapping[str, Any]) -> Select[Any]:
+    """``query`` narrowed to the records ``selection`` picks (a field absent or None: any)."""
     m = measurements.c
+    launcher = selection.get("launcher")
     if launcher is not None:  # a record without one was started directly
         query = query.where(func.coalesce(m.launcher, "direct") == launcher)
-    if hypervisor is not None:
-        query = query.where(m.hypervisor == hypervisor)
-    if arch is not None:
-        query = query.where(m.arch == arch)
-    if scope is not None:
-        query = query.where(m.scope == scope)
-    if run_ids is not None:
-        query = query.where(m.run_id.in_(list(run_ids)))
-    if since is not None:
-        query = query.where(m.measured_at >= since)
-    if until is not None:
-        query = query.where(m.measured_at < until)
+    for name, field_ in (("hypervisor", m.hypervisor), ("arch", m.arch), ("scope", m.scope)):
+        if selection.get(name) is not None:
+            query = query.where(field_ == selection[name])
+    if selection.get("run_ids") is not None:
+        query = query.where(m.run_id.in_(list(selection["run_ids"])))
+    if selection.get("since") is not None:
+        query = query.where(m.measured_at >= selection["since"])
+    if selection.get("until") is not None:
+        query = query.where(m.measured_at < selection["until"])
     return query
 
 
